@@ -1,0 +1,215 @@
+"""One settings model for every RecBridge command.
+
+Precedence, highest first: CLI overrides (``--set section.key=value`` and the commands' own
+flags), environment (``RECBRIDGE_*``, nested with ``__``, e.g. ``RECBRIDGE_STORE__URL``), a
+config file (YAML or TOML, ``--config`` or ``RECBRIDGE_CONFIG``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "food-kitchen"
+
+
+class ConfigError(ValueError):
+    """A config file, env variable or override that cannot be used; the message names it."""
+
+
+class DataSettings(BaseModel):
+    path: Path = DEFAULT_DATA_DIR
+    # "auto" picks by the files found: items.jsonl+sequences.jsonl -> shared, else tables.
+    format: Literal["auto", "shared", "table", "amazon"] = "auto"
+    lenient: bool = False  # skip (and count, and report) bad records instead of failing
+    k_core: int = 0  # generic tables: keep users and items with at least k interactions
+    max_history: int = 200
+
+
+class EmbeddingSettings(BaseModel):
+    backend: Literal["minilm", "openai"] = "minilm"
+    model: str = "all-MiniLM-L6-v2"
+    url: str | None = None  # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
+    api_key: str = "local"
+    batch_size: int = 64
+    timeout_s: float = 60.0
+    cache_dir: Path | None = None  # default: <work_dir>/embeddings
+    template: str = "item_text.j2"
+
+
+class StoreSettings(BaseModel):
+    url: str | None = None  # a `chroma run` server; None = embedded PersistentClient
+    path: Path | None = None  # embedded store folder; default: <work_dir>/chroma
+    collection: str = "items"
+    batch_size: int = 1000
+
+
+class TrainSettings(BaseModel):
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 1
+    dropout: float = 0.2
+    max_len: int = 50
+    patience: int = 3
+    eval_every: int = 1
+    valid_users: int = 0  # 0 = all valid users for early stopping
+    num_negatives: int = 1
+    knn_recency_decay: float = 0.8
+    device: str = "cpu"
+    threads: int = 0  # 0 = torch default
+
+
+class EvalSettings(BaseModel):
+    protocol: Literal["sampled-999", "sampled-100", "full"] = "sampled-999"
+    split: Literal["valid", "test"] = "test"
+    users: int = 0  # 0 = all users of the split; N = seeded sample
+    bootstrap: int = 1000
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RECBRIDGE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    seed: int = 42
+    work_dir: Path = PROJECT_ROOT / "runs"
+    log_level: str = "INFO"
+    data: DataSettings = Field(default_factory=DataSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init (file merged with CLI overrides by load_settings) is passed explicitly, so env
+        # must sit between them: load_settings handles that order itself.
+        return (init_settings, env_settings)
+
+    @property
+    def embedding_cache_dir(self) -> Path:
+        return self.embedding.cache_dir or self.work_dir / "embeddings"
+
+    @property
+    def store_path(self) -> Path:
+        return self.store.path or self.work_dir / "chroma"
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path}: cannot parse: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a mapping")
+    return data
+
+
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = target
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``section.key=value``; the value is read as YAML so numbers and lists keep their type."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_values() -> dict[str, Any]:
+    """What the environment sets, as a nested dict (pydantic-settings parses it for us)."""
+
+    class _EnvOnly(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (env_settings,)
+
+    return _EnvOnly().model_dump(exclude_unset=True)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    set_items: list[str] | None = None,
+) -> Settings:
+    """Build the settings: defaults < file < env < CLI (``overrides`` and ``--set`` items)."""
+    merged: dict[str, Any] = {}
+    file_path = config_file or (
+        Path(os.environ["RECBRIDGE_CONFIG"]) if os.environ.get("RECBRIDGE_CONFIG") else None
+    )
+    try:
+        if file_path is not None:
+            merged = _read_config_file(file_path)
+        merged = _deep_merge(merged, _env_values())
+        cli: dict[str, Any] = {}
+        for dotted, value in (overrides or {}).items():
+            if value is not None:
+                _set_dotted(cli, dotted, value)
+        for item in set_items or []:
+            _set_dotted(cli, *parse_override(item))
+        merged = _deep_merge(merged, cli)
+        return Settings(**merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        source = f" (file {file_path})" if file_path else ""
+        raise ConfigError(f"invalid settings{source}: {problems}") from None
