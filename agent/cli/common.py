@@ -14,6 +14,7 @@ from rich.console import Console
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.data.schema import DataError
+from agent.logging_setup import stderr_console
 
 console = Console()  # stdout: tables and results
 log = logging.getLogger("recbridge")
@@ -47,7 +48,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (ConfigError, DataError, UserError, FileNotFoundError) as exc:
-        log.error("%s", exc)
+        # One unwrapped line on stderr, whatever the terminal width: scripts grep it.
+        stderr_console.print(f"error: {exc}", soft_wrap=True, markup=False, highlight=False)
         raise typer.Exit(code=2) from None
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from agent.cli import data_cmd, eval_cmd, index_cmd, score_cmd, train_cmd
+from agent.cli import data_cmd, eval_cmd, index_cmd, llm_cmd, run_cmd, score_cmd, train_cmd
 from agent.cli.common import state
 from agent.logging_setup import setup_logging
 
@@ -41,7 +41,7 @@ def main(
     st.set_items = list(set_items or [])
 
 
-for module in (data_cmd, index_cmd, train_cmd, eval_cmd, score_cmd):
+for module in (data_cmd, index_cmd, train_cmd, eval_cmd, score_cmd, run_cmd, llm_cmd):
     module.register(app)
 
 

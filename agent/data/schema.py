@@ -23,8 +23,13 @@ class DataError(ValueError):
     """Bad input data; the message names the file, line and field."""
 
     def __init__(
-        self, message: str, *, path: Path | str | None = None, line: int | None = None,
+        self,
+        message: str,
+        *,
+        path: Path | str | None = None,
+        line: int | None = None,
         field_name: str | None = None,
+        unit: str = "line",
     ) -> None:
         self.path = Path(path) if path is not None else None
         self.line = line
@@ -33,7 +38,8 @@ class DataError(ValueError):
         if path is not None:
             where.append(str(path))
         if line is not None:
-            where.append(f"line {line}")
+            # Parquet has no text lines: its readers say "row" (1-based data row) instead.
+            where.append(f"{unit} {line}")
         if field_name is not None:
             where.append(f"field '{field_name}'")
         prefix = ", ".join(where)
@@ -72,9 +78,14 @@ class LoadReport:
 
     skipped: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    # What was left out by design, not for being bad (k-core, short users), one line each.
+    notes: list[str] = field(default_factory=list)
 
-    def skip(self, reason: str, where: str) -> None:
-        self.skipped[reason] += 1
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def skip(self, reason: str, where: str, count: int = 1) -> None:
+        self.skipped[reason] += count
         self.examples.setdefault(reason, [])
         if len(self.examples[reason]) < 3:
             self.examples[reason].append(where)

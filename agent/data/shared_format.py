@@ -1,6 +1,7 @@
 """Reader for the shared JSONL format: ``items.jsonl`` + ``sequences.jsonl`` with given splits.
 
-items.jsonl:     {"item_id", "domain", "title", optional "categories", "description", "brand", "price"}
+items.jsonl:     {"item_id", "domain", "title",
+                  optional "categories", "description", "brand", "price"}
 sequences.jsonl: {"user_id", "split": train|valid|test, "items": [item ids, oldest first]}
 For valid/test rows the last item is the held-out target.
 """
@@ -57,7 +58,9 @@ def read_items(
             if item_id in items:
                 raise DataError(
                     f"duplicate item id {item_id!r} (first on line {first_line[item_id]})",
-                    path=path, line=lineno, field_name="item_id",
+                    path=path,
+                    line=lineno,
+                    field_name="item_id",
                 )
             item = Item(
                 item_id=item_id,
@@ -81,7 +84,10 @@ def read_items(
 
 
 def read_sequences(
-    path: Path, items: dict[str, Item], *, lenient: bool = False,
+    path: Path,
+    items: dict[str, Item],
+    *,
+    lenient: bool = False,
     report: LoadReport | None = None,
 ) -> list[UserSequence]:
     report = report if report is not None else LoadReport()
@@ -94,7 +100,9 @@ def read_sequences(
             if split not in SPLITS:
                 raise DataError(
                     f"unknown split {split!r} (expected one of {', '.join(SPLITS)})",
-                    path=path, line=lineno, field_name="split",
+                    path=path,
+                    line=lineno,
+                    field_name="split",
                 )
             seq = obj.get("items")
             if not isinstance(seq, list) or not all(isinstance(i, str) for i in seq):
@@ -105,19 +113,25 @@ def read_sequences(
             if len(seq) < minimum:
                 raise DataError(
                     f"{split} rows need at least {minimum} items, got {len(seq)}",
-                    path=path, line=lineno, field_name="items",
+                    path=path,
+                    line=lineno,
+                    field_name="items",
                 )
             for pos, item_id in enumerate(seq):
                 if item_id not in items:
                     raise DataError(
                         f"unknown item {item_id!r} at position {pos} (not in {ITEMS_FILE})",
-                        path=path, line=lineno, field_name="items",
+                        path=path,
+                        line=lineno,
+                        field_name="items",
                     )
             key = (split, user_id)
             if key in seen:
                 raise DataError(
                     f"duplicate user {user_id!r} in split {split} (first on line {seen[key]})",
-                    path=path, line=lineno, field_name="user_id",
+                    path=path,
+                    line=lineno,
+                    field_name="user_id",
                 )
         except DataError as exc:
             if not lenient:
@@ -125,7 +139,7 @@ def read_sequences(
             report.skip(f"bad sequence ({exc.field_name or 'line'})", f"{path.name}:{lineno}")
             continue
         seen[key] = lineno
-        users.append(UserSequence(user_id=user_id, split=split, items=tuple(seq)))  # type: ignore[arg-type]
+        users.append(UserSequence(user_id=user_id, split=split, items=tuple(seq)))
     if not users:
         raise DataError("no user sequences", path=path)
     return users

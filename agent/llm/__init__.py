@@ -1,0 +1,1 @@
+"""The LLM layer: one backend interface over vLLM/OpenAI servers and in-process transformers."""

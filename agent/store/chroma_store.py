@@ -1,0 +1,258 @@
+"""Item vectors in Chroma: an embedded ``PersistentClient`` or a ``chroma run`` server.
+
+One collection per (settings.store.collection, embedder model id), so vectors of two
+embedders never mix. Indexing is idempotent and resumable: it asks the collection what it
+already holds and upserts only what is missing or changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import chromadb
+import numpy as np
+from chromadb.api import ClientAPI
+from chromadb.api.models.Collection import Collection
+from chromadb.api.types import Metadata
+from chromadb.config import Settings as ChromaSettings
+from tqdm import tqdm
+
+from agent.config import Settings
+from agent.data.schema import Dataset
+
+log = logging.getLogger(__name__)
+
+_TITLE_CHARS = 200  # metadata is for people reading the store, not for search
+
+
+class StoreError(RuntimeError):
+    """The vector store cannot be used; the message names the URL or path."""
+
+
+def make_client(settings: Settings) -> ClientAPI:
+    """``HttpClient`` when ``settings.store.url`` is set, else an embedded ``PersistentClient``."""
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+    chroma_settings = ChromaSettings(anonymized_telemetry=False)
+    url = settings.store.url
+    if url:
+        parsed = urlparse(url if "://" in url else f"http://{url}")
+        if not parsed.hostname:
+            raise StoreError(f"store.url {url!r}: expected http(s)://host:port")
+        ssl = parsed.scheme == "https"
+        try:
+            client = chromadb.HttpClient(
+                host=parsed.hostname,
+                port=parsed.port or (443 if ssl else 8000),
+                ssl=ssl,
+                settings=chroma_settings,
+            )
+            client.heartbeat()
+        except Exception as exc:  # chromadb raises plain exceptions of several kinds here
+            raise StoreError(f"cannot reach the Chroma server at {url}: {exc}") from exc
+        return client
+    path = settings.store_path
+    path.mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
+
+
+def collection_name(base: str, model_id: str) -> str:
+    """A valid Chroma name (3-512 chars of [a-zA-Z0-9._-], alnum at both ends) per model."""
+    slug = re.sub(r"[^a-zA-Z0-9._-]+", "-", model_id.lower()).strip("-._")
+    slug = re.sub(r"\.{2,}", ".", slug)[:80]
+    # The hash keeps two model ids apart even when their slugs coincide.
+    digest = hashlib.sha256(model_id.encode("utf-8")).hexdigest()[:8]
+    return f"{base}-{slug}-{digest}".strip("-._")
+
+
+def vector_fingerprint(vector: np.ndarray) -> str:
+    """Short hash of a float32 vector: tells a stale stored vector from the current one."""
+    return hashlib.sha1(np.ascontiguousarray(vector, dtype="<f4").tobytes()).hexdigest()[:16]
+
+
+@dataclass
+class IndexReport:
+    items: int
+    upserted: int
+    deleted: int
+    count: int
+    seconds: float
+
+    @property
+    def items_per_s(self) -> float:
+        return self.upserted / self.seconds if self.seconds > 0 else 0.0
+
+
+class ItemIndex:
+    """The item collection of one embedder; ids are item ids, metadata {domain, title, fp}."""
+
+    def __init__(self, client: ClientAPI, settings: Settings, model_id: str) -> None:
+        self.client = client
+        self.settings = settings
+        self.model_id = model_id
+        self.name = collection_name(settings.store.collection, model_id)
+        self.batch_size = max(1, min(settings.store.batch_size, client.get_max_batch_size()))
+        self._collection: Collection | None = None
+
+    @property
+    def collection(self) -> Collection:
+        if self._collection is None:
+            store = self.settings.store
+            self._collection = self.client.get_or_create_collection(
+                self.name,
+                embedding_function=None,  # we pass vectors; the default would download a model
+                configuration={
+                    "hnsw": {
+                        "space": "cosine",
+                        "ef_search": store.hnsw_ef_search,
+                        "ef_construction": store.hnsw_ef_construction,
+                    }
+                },
+                metadata={"model_id": self.model_id},
+            )
+        return self._collection
+
+    def count(self) -> int:
+        return self.collection.count()
+
+    def drop(self) -> None:
+        """Delete the collection (``--rebuild``); the next use creates it empty."""
+        existing = {c.name for c in self.client.list_collections()}
+        if self.name in existing:
+            self.client.delete_collection(self.name)
+            log.info("dropped collection %s", self.name)
+        self._collection = None
+
+    def stored_fingerprints(self) -> dict[str, str]:
+        """id -> vector fingerprint of everything stored, read in pages."""
+        out: dict[str, str] = {}
+        offset = 0
+        while True:
+            page = self.collection.get(include=["metadatas"], limit=self.batch_size, offset=offset)
+            metadatas = page["metadatas"] or [{} for _ in page["ids"]]
+            for item_id, meta in zip(page["ids"], metadatas, strict=True):
+                out[item_id] = str((meta or {}).get("fp", ""))
+            if len(page["ids"]) < self.batch_size:
+                return out
+            offset += len(page["ids"])
+
+    def index(self, data: Dataset, embeddings: np.ndarray, *, progress: bool = True) -> IndexReport:
+        """Make the collection hold exactly the catalogue's items with these vectors.
+
+        Upserts only missing or changed items, in batches, so a killed run picks up where it
+        stopped; items no longer in the catalogue are deleted.
+        """
+        catalog = data.catalog
+        if embeddings.shape[0] != len(catalog) + 1:
+            raise ValueError(
+                f"embeddings have {embeddings.shape[0]} rows, expected {len(catalog) + 1}"
+            )
+        started = time.perf_counter()
+        stored = self.stored_fingerprints()
+        todo = [
+            dense
+            for dense, item_id in enumerate(catalog.ids, start=1)
+            if stored.get(item_id) != vector_fingerprint(embeddings[dense])
+        ]
+        stale = sorted(set(stored) - set(catalog.index))
+        log.info(
+            "collection %s: %d stored, %d to upsert, %d to delete (batch %d)",
+            self.name,
+            len(stored),
+            len(todo),
+            len(stale),
+            self.batch_size,
+        )
+        with tqdm(total=len(todo), desc="indexing items", unit="item", disable=not progress) as bar:
+            for start in range(0, len(todo), self.batch_size):
+                dense_ids = todo[start : start + self.batch_size]
+                self._upsert(data, embeddings, dense_ids)
+                bar.update(len(dense_ids))
+                log.debug("upserted %d/%d", start + len(dense_ids), len(todo))
+        for start in range(0, len(stale), self.batch_size):
+            self.collection.delete(ids=stale[start : start + self.batch_size])
+        return IndexReport(
+            items=len(catalog),
+            upserted=len(todo),
+            deleted=len(stale),
+            count=self.count(),
+            seconds=time.perf_counter() - started,
+        )
+
+    def _upsert(self, data: Dataset, embeddings: np.ndarray, dense_ids: Sequence[int]) -> None:
+        ids = [data.catalog.ids[d - 1] for d in dense_ids]
+        metadatas: list[Metadata] = [
+            {
+                "domain": data.items[iid].domain,
+                "title": data.items[iid].title[:_TITLE_CHARS],
+                "fp": vector_fingerprint(embeddings[d]),
+            }
+            for iid, d in zip(ids, dense_ids, strict=True)
+        ]
+        self.collection.upsert(ids=ids, embeddings=embeddings[list(dense_ids)], metadatas=metadatas)
+
+    def vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Stored vectors by id (Chroma returns them in its own order)."""
+        out: dict[str, np.ndarray] = {}
+        for start in range(0, len(item_ids), self.batch_size):
+            page = self.collection.get(
+                ids=list(item_ids[start : start + self.batch_size]), include=["embeddings"]
+            )
+            embs = page["embeddings"]
+            if embs is None:
+                continue
+            for item_id, vec in zip(page["ids"], embs, strict=True):
+                out[item_id] = np.asarray(vec, dtype=np.float32)
+        return out
+
+    def query(
+        self, vector: np.ndarray, domain: str, n: int, exclude_ids: Sequence[str] = ()
+    ) -> list[tuple[str, float]]:
+        """Top-``n`` (item_id, cosine) of ``domain``, best first, minus ``exclude_ids``."""
+        return self.query_batch(np.asarray(vector)[None, :], [domain], n, [exclude_ids])[0]
+
+    def query_batch(
+        self,
+        vectors: np.ndarray,
+        domains: Sequence[str],
+        n: int,
+        exclude_ids: Sequence[Sequence[str]] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """``query`` for many vectors: one Chroma call per domain."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        excludes = [set(e) for e in exclude_ids] if exclude_ids is not None else None
+        if len(domains) != len(vectors) or (excludes is not None and len(excludes) != len(vectors)):
+            raise ValueError("vectors, domains and exclude_ids must have the same length")
+        results: list[list[tuple[str, float]]] = [[] for _ in range(len(vectors))]
+        if n <= 0:
+            return results
+        by_domain: dict[str, list[int]] = {}
+        for row, domain in enumerate(domains):
+            by_domain.setdefault(domain, []).append(row)
+        for domain, rows in by_domain.items():
+            # Over-fetch so that n remain after dropping excluded ids.
+            extra = max((len(excludes[r]) for r in rows), default=0) if excludes else 0
+            found = self._query(vectors[rows], domain, n + extra)
+            for row, hits in zip(rows, found, strict=True):
+                skip = excludes[row] if excludes else set()
+                results[row] = [(iid, sim) for iid, sim in hits if iid not in skip][:n]
+        return results
+
+    def _query(self, vectors: np.ndarray, domain: str, n: int) -> list[list[tuple[str, float]]]:
+        where: dict[str, Any] = {"domain": domain}
+        res = self.collection.query(
+            query_embeddings=vectors, n_results=n, where=where, include=["distances"]
+        )
+        distances = res["distances"] or [[] for _ in res["ids"]]
+        # Chroma's cosine distance is 1 - cosine similarity.
+        return [
+            [(iid, 1.0 - float(dist)) for iid, dist in zip(ids, dists, strict=True)]
+            for ids, dists in zip(res["ids"], distances, strict=True)
+        ]

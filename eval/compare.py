@@ -1,0 +1,84 @@
+"""Several recommenders side by side on the same users and candidates: one comparison run."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.config import Settings
+from agent.data.schema import Dataset
+from agent.models.base import Recommender, ValidFn
+from agent.models.registry import recommender_class
+from eval.evaluator import EvalResult, RankingEvaluator, make_valid_fn
+from eval.modelprep import ModelNotReady, default_checkpoint, is_checkpoint, prepare_model
+from eval.report import ReportPaths, write_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Comparison:
+    results: list[EvalResult]
+    models: dict[str, Recommender]
+    prepared: dict[str, dict[str, Any]]
+    evaluator: RankingEvaluator
+    paths: ReportPaths
+
+
+def check_ready(
+    names: list[str], settings: Settings, checkpoints: dict[str, Path], train_missing: bool
+) -> None:
+    """Fail before any work: unknown names, trained models with no checkpoint and no training."""
+    for name in names:
+        trainable = recommender_class(name).trainable
+        missing = name not in checkpoints and not is_checkpoint(default_checkpoint(settings, name))
+        if trainable and missing and not train_missing:
+            raise ModelNotReady(
+                f"{name} has no checkpoint and --no-train-missing is set: run `recbridge train "
+                f"--model {name}` or pass --checkpoint {name}=PATH"
+            )
+
+
+def compare_models(
+    dataset: Dataset,
+    settings: Settings,
+    names: list[str],
+    *,
+    checkpoints: dict[str, Path] | None = None,
+    train_missing: bool = True,
+    candidates: Path | None = None,
+    out: Path | None = None,
+    name: str | None = None,
+) -> Comparison:
+    """Prepare (load or train) each model, evaluate all on one candidate set, write the report."""
+    checkpoints = checkpoints or {}
+    check_ready(names, settings, checkpoints, train_missing)
+    evaluator = RankingEvaluator(dataset, settings, candidates_path=candidates)
+    log.info(
+        "evaluating %s on %d %s users, protocol %s",
+        ", ".join(names), len(evaluator.users), evaluator.split, evaluator.protocol,
+    )
+    results: list[EvalResult] = []
+    models: dict[str, Recommender] = {}
+    prepared: dict[str, dict[str, Any]] = {}
+    valid_fn: ValidFn | None = None
+    for model_name in names:
+        needs_training = train_missing and model_name not in checkpoints
+        if needs_training and valid_fn is None and recommender_class(model_name).trainable:
+            valid_fn = make_valid_fn(dataset, settings)
+        prep = prepare_model(
+            model_name,
+            dataset,
+            settings,
+            checkpoint=checkpoints.get(model_name),
+            train=train_missing,
+            valid_fn=valid_fn,
+        )
+        models[model_name] = prep.model
+        prepared[model_name] = prep.describe()
+        results.append(evaluator(prep.model, name=model_name))
+    extra = {"models": prepared, "candidates": str(evaluator.candidates.path or "on the fly")}
+    paths = write_report(results, settings, out, name=name, extra=extra)
+    return Comparison(results, models, prepared, evaluator, paths)
