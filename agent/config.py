@@ -95,7 +95,10 @@ class StoreSettings(BaseModel):
 
 
 class TrainSettings(BaseModel):
-    epochs: int = 30
+    # SASRec defaults measured on food-kitchen, 1 shared CPU thread (see agent/models/training.py):
+    # sasrec-id ~9 s/epoch, best valid near epoch 30; sasrec-text ~20-25 s/epoch. lr 2e-3 and
+    # batch 256 were worse per epoch; the valid curve is noisy, hence patience 5.
+    epochs: int = 40
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -104,11 +107,15 @@ class TrainSettings(BaseModel):
     heads: int = 1
     dropout: float = 0.2
     max_len: int = 50
-    patience: int = 3
+    patience: int = 5  # evaluations without a gain before stopping
     eval_every: int = 1
     valid_users: int = 0  # 0 = all valid users for early stopping
     num_negatives: int = 1  # per position, sampled from the target's own domain
-    text_adapter: Literal["linear", "mlp"] = "mlp"  # sasrec-text: frozen text -> hidden
+    # sasrec-text: frozen text vectors -> PCA whitening (text_whiten) -> adapter (mlp:
+    # LayerNorm, Linear(d, width), GELU, Linear(width, hidden); linear: LayerNorm, Linear)
+    text_adapter: Literal["linear", "mlp"] = "mlp"
+    text_adapter_width: int = 512
+    text_whiten: bool = True
     knn_recency_decay: float = 0.8
     device: str = "cpu"
     # 1: on a shared CPU box two intra-op threads spin against other jobs (10x slower when
@@ -158,6 +165,39 @@ class LLMSettings(BaseModel):
     ready_timeout_s: float = 300.0
 
 
+class ProfileTemplates(BaseModel):
+    """Prompt template file (in ``prompts/``) per profiling role; switch one for an experiment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group: str = "profile_group.j2"  # LLM4CDSR "analyzer": one group of titles -> short summary
+    domain: str = "profile_domain.j2"  # LLM4CDSR "summarizer": group summaries -> domain profile
+    cross: str = "profile_cross.j2"  # domain profiles -> one cross-domain profile
+    repair: str = "profile_repair.j2"  # the retry after an unparseable profile
+
+
+class ProfileSettings(BaseModel):
+    """Hierarchical user profiles (LLM4CDSR): groups -> domain profiles -> cross-domain profile."""
+
+    clusters: int = 10  # k-means over all item embeddings, as in the paper
+    titles_per_group: int = 15  # the last N titles of a group go to the analyzer prompt
+    # A domain history shorter than this is grouped in recency chunks instead of clusters.
+    min_items_for_clusters: int = 8
+    chunk_size: int = 8
+    # Most recent groups kept per domain: bounds LLM calls per user (paper: every cluster).
+    max_groups: int = 3
+    group_max_tokens: int = 80
+    profile_max_tokens: int = 256
+    max_list_items: int = 4  # per list field of a profile (schema maxItems)
+    summary_max_chars: int = 300  # schema maxLength: a small model otherwise loops in it
+    phrase_max_chars: int = 40  # schema maxLength of each preference/dislike/theme
+    retry_on_parse_error: bool = True  # one repair retry before the counted fallback
+    batch_users: int = 8  # users per batch; results are cached after each batch
+    cache_dir: Path | None = None  # default: <work_dir>/profiles
+    users_collection: str = "users"
+    templates: ProfileTemplates = Field(default_factory=ProfileTemplates)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECBRIDGE_", env_nested_delimiter="__", extra="forbid"
@@ -172,6 +212,7 @@ class Settings(BaseSettings):
     train: TrainSettings = Field(default_factory=TrainSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
+    profile: ProfileSettings = Field(default_factory=ProfileSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -197,6 +238,10 @@ class Settings(BaseSettings):
     @property
     def llm_model_dir(self) -> Path:
         return self.llm.model_dir or self.work_dir / "models" / self.llm.model
+
+    @property
+    def profile_cache_dir(self) -> Path:
+        return self.profile.cache_dir or self.work_dir / "profiles"
 
     @property
     def llm_url(self) -> str:

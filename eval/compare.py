@@ -58,7 +58,10 @@ def compare_models(
     evaluator = RankingEvaluator(dataset, settings, candidates_path=candidates)
     log.info(
         "evaluating %s on %d %s users, protocol %s",
-        ", ".join(names), len(evaluator.users), evaluator.split, evaluator.protocol,
+        ", ".join(names),
+        len(evaluator.users),
+        evaluator.split,
+        evaluator.protocol,
     )
     results: list[EvalResult] = []
     models: dict[str, Recommender] = {}

@@ -33,9 +33,10 @@ def _write_slice(dest: Path) -> None:
                 break
     needed = {i for r in rows for i in r["items"]}  # type: ignore[attr-defined]
     dest.mkdir(parents=True, exist_ok=True)
-    with (SHARED_DATA / "items.jsonl").open(encoding="utf-8") as fh, (
-        dest / "items.jsonl"
-    ).open("w", encoding="utf-8") as out:
+    with (
+        (SHARED_DATA / "items.jsonl").open(encoding="utf-8") as fh,
+        (dest / "items.jsonl").open("w", encoding="utf-8") as out,
+    ):
         for line in fh:
             if json.loads(line)["item_id"] in needed:
                 out.write(line)

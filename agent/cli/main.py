@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from agent.cli import data_cmd, eval_cmd, index_cmd, llm_cmd, run_cmd, score_cmd, train_cmd
+from agent.cli import (
+    data_cmd,
+    eval_cmd,
+    index_cmd,
+    llm_cmd,
+    profile_cmd,
+    run_cmd,
+    score_cmd,
+    train_cmd,
+)
 from agent.cli.common import state
 from agent.logging_setup import setup_logging
 
@@ -27,13 +37,19 @@ app = typer.Typer(
 @app.callback()
 def main(
     ctx: typer.Context,
-    config: Path | None = typer.Option(
-        None, "--config", "-c", help="Settings file (YAML or TOML).", envvar="RECBRIDGE_CONFIG"
-    ),
-    set_items: list[str] | None = typer.Option(
-        None, "--set", help="Override a setting: section.key=value (repeatable)."
-    ),
-    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING, ERROR."),
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", help="Settings file (YAML or TOML).", envvar="RECBRIDGE_CONFIG"
+        ),
+    ] = None,
+    set_items: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting: section.key=value (repeatable)."),
+    ] = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR.")
+    ] = "INFO",
 ) -> None:
     setup_logging(log_level)
     st = state(ctx)
@@ -41,7 +57,7 @@ def main(
     st.set_items = list(set_items or [])
 
 
-for module in (data_cmd, index_cmd, train_cmd, eval_cmd, score_cmd, run_cmd, llm_cmd):
+for module in (data_cmd, index_cmd, train_cmd, eval_cmd, score_cmd, run_cmd, llm_cmd, profile_cmd):
     module.register(app)
 
 

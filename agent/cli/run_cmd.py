@@ -66,7 +66,10 @@ def run(
     stats = compute_stats(dataset)
     log.info(
         "data %s: %d items, %d users, %d interactions, domains %s",
-        settings.data.path, stats.items, stats.users, stats.interactions,
+        settings.data.path,
+        stats.items,
+        stats.users,
+        stats.interactions,
         ", ".join(dataset.domains),
     )
     embeddings = index_items(dataset, settings)
@@ -87,7 +90,10 @@ def index_items(dataset: Dataset, settings: Settings) -> np.ndarray:
     report = index.index(dataset, embeddings)
     log.info(
         "Chroma collection %s: %d items (%d written now, %.0f items/s)",
-        index.name, report.count, report.upserted, report.items_per_s,
+        index.name,
+        report.count,
+        report.upserted,
+        report.items_per_s,
     )
     return embeddings
 

@@ -154,11 +154,11 @@ class LocalBackend(LLMBackend):
         eos_ids = _eos_ids(self._model, tok)
         ended = bool(new_ids) and new_ids[-1] in eos_ids
         text = tok.decode(new_ids, skip_special_tokens=True)
-        stopped_on_string = False
-        for stop in req.stop or []:
-            cut = text.find(stop)
-            if cut >= 0:  # as OpenAI servers do: the stop string is not part of the output
-                text, stopped_on_string = text[:cut], True
+        # As OpenAI servers do: cut at the earliest stop string, which is not part of the output.
+        cuts = [i for i in (text.find(stop) for stop in req.stop or []) if i >= 0]
+        stopped_on_string = bool(cuts)
+        if cuts:
+            text = text[: min(cuts)]
         if not ended and not stopped_on_string and len(new_ids) < req.max_tokens:
             raise LLMError(
                 "timeout",

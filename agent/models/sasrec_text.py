@@ -5,14 +5,19 @@ through a small trainable adapter to the model size. There is no per-item traina
 parameter, on purpose: an item never seen in training is scored from its text like any other,
 and both domains live in one text space.
 
-Adapter (``train.text_adapter``):
-- ``linear``: LayerNorm(d) -> Dropout -> Linear(d, hidden). LLM4CDSR's adapter is
-  Linear(1024, 512) -> Linear(512, 128) with no nonlinearity, which is one linear map of
-  rank <= 512; we use the single linear map it equals. The LayerNorm puts the unit-length
-  sentence embeddings (per-dimension spread ~ 1/sqrt(d)) on the scale the backbone expects.
-- ``mlp`` (default): LayerNorm(d) -> Dropout -> Linear(d, 2h) -> GELU -> Linear(2h, hidden):
-  a nonlinearity lets the model pull apart items whose texts are close but whose
-  co-occurrence differs; it scored higher than ``linear`` on food-kitchen (see the report).
+Item encoder: table row -> PCA whitening (fixed, from the table; ``train.text_whiten``) ->
+adapter (``train.text_adapter``):
+- ``mlp`` (default): LayerNorm(d) -> Linear(d, width) -> GELU -> Linear(width, hidden).
+- ``linear``: LayerNorm(d) -> Linear(d, hidden). LLM4CDSR's adapter is Linear(1024, 512) ->
+  Linear(512, 128) with no nonlinearity, i.e. one linear map of rank <= 512: this is that map.
+No dropout on the adapter input (it cost a third of the step time and did not help); the
+backbone keeps its dropout.
+
+Why these defaults (food-kitchen, MiniLM title vectors, valid NDCG@10 with 999 sampled
+negatives after 5 epochs; ID SASRec: 0.13 at that point): linear 0.034; mlp width 128 0.053,
+512 0.070, 1024 0.084, two hidden layers of 512 0.086; whitened + mlp 512 0.114. A text-only
+item must be told apart from its same-domain negatives by its text alone, so the adapter's
+capacity, and the scale of the small directions of the text space, decide how well it does.
 """
 
 from __future__ import annotations
@@ -35,29 +40,82 @@ _PROBE_ATOL = 1e-3
 
 
 class TextItemEncoder(ItemEncoder):
+    """Frozen text vectors -> PCA whitening (fixed) -> trainable adapter -> ``hidden``."""
+
     def __init__(
-        self, table: np.ndarray, hidden: int, *, adapter: str = "mlp", dropout: float = 0.0
+        self,
+        table: np.ndarray,
+        hidden: int,
+        *,
+        adapter: str = "mlp",
+        width: int = 512,
+        whiten: bool = True,
     ) -> None:
         super().__init__(table.shape[0] - 1, hidden)
         dim = int(table.shape[1])
-        # a buffer, not a parameter: frozen, and not in the state dict (rebuilt from the cache)
+        # the table is a buffer, not a parameter: frozen, and left out of the state dict (it is
+        # rebuilt from the embedding cache); the whitening is saved, so a checkpoint does not
+        # depend on recomputing an SVD (whose signs are arbitrary) the same way
         self.register_buffer("table", torch.from_numpy(np.ascontiguousarray(table)), False)
-        layers: list[nn.Module] = [nn.LayerNorm(dim), nn.Dropout(dropout)]
+        mean, proj = whitening(table[1:]) if whiten else identity(dim)
+        dim = proj.shape[1]  # fewer when the items span fewer directions than d
+        self.register_buffer("mean", torch.from_numpy(mean))
+        self.register_buffer("proj", torch.from_numpy(proj))
+        self.register_buffer("features", self._features(), False)
+        self.register_load_state_dict_post_hook(_refresh_features)  # type: ignore[no-untyped-call]
+        layers: list[nn.Module] = [nn.LayerNorm(dim)]
         if adapter == "linear":
             layers.append(nn.Linear(dim, hidden))
         elif adapter == "mlp":
-            layers += [nn.Linear(dim, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden)]
+            layers += [nn.Linear(dim, width), nn.GELU(), nn.Linear(width, hidden)]
         else:
             raise ValueError(f"unknown text adapter {adapter!r} (linear or mlp)")
         self.adapter = nn.Sequential(*layers)
+
+    def _features(self) -> Tensor:
+        table, mean, proj = (self.get_buffer(n) for n in ("table", "mean", "proj"))
+        feats = (table - mean) @ proj
+        feats[0] = 0.0
+        return feats
 
     def forward(self, ids: Tensor) -> Tensor:
         # A batch names each item many times (inputs, targets, negatives, padding): adapt each
         # distinct id once, then spread the rows back.
         unique, where = torch.unique(ids, return_inverse=True)
-        adapted: Tensor = self.adapter(self.get_buffer("table")[unique])
+        adapted: Tensor = self.adapter(self.get_buffer("features")[unique])
         adapted = adapted * (unique > 0).unsqueeze(-1).to(adapted.dtype)  # padding stays zero
         return adapted[where]
+
+
+def _refresh_features(module: nn.Module, _keys: Any) -> None:
+    # load_state_dict replaced mean/proj: the derived (unsaved) features must follow
+    if isinstance(module, TextItemEncoder):
+        module.features = module._features()
+
+
+def identity(dim: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(dim, dtype=np.float32), np.eye(dim, dtype=np.float32)
+
+
+def whitening(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, projection) so that ``(x - mean) @ projection`` has uncorrelated unit-variance
+    coordinates (PCA whitening, all components kept).
+
+    Sentence embeddings are anisotropic: a few directions carry most of the variance and the
+    rest, where items differ in detail, is squeezed. Whitening gives every direction the same
+    scale, and the adapter learned much faster from it (food-kitchen, valid NDCG@10 after 5
+    epochs: 0.11 whitened vs 0.07 not; keeping only the top 256 or 128 components: 0.10, 0.07,
+    so the small components matter).
+    """
+    x = vectors.astype(np.float64)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    # eigenvectors of the d x d covariance: 20x faster than an SVD of the n x d table
+    var, vecs = np.linalg.eigh(centred.T @ centred / max(len(x) - 1, 1))
+    var, vecs = var[::-1], vecs[:, ::-1]  # largest first
+    keep = var > 1e-12 * var[0]  # directions the items do not span would be pure noise
+    proj = vecs[:, keep] / np.sqrt(var[keep])
+    return mean.astype(np.float32), proj.astype(np.float32)
 
 
 def _probe_ids(n_items: int) -> list[int]:
@@ -95,7 +153,8 @@ class SASRecTextRecommender(SASRecRecommender):
         return {
             "hidden": t.hidden,
             "adapter": t.text_adapter,
-            "dropout": t.dropout,
+            "width": t.text_adapter_width,
+            "whiten": t.text_whiten,
             "text_dim": int(table.shape[1]),
             "embedding": {"backend": e.backend, "model": e.model, "template": e.template},
             "probe_ids": probe,
@@ -107,7 +166,8 @@ class SASRecTextRecommender(SASRecRecommender):
             self.table,
             int(config["hidden"]),
             adapter=str(config["adapter"]),
-            dropout=float(config["dropout"]),
+            width=int(config["width"]),
+            whiten=bool(config["whiten"]),
         )
 
     def check_encoder_config(self, saved: dict[str, Any], path: Path) -> None:

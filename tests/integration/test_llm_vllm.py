@@ -97,6 +97,14 @@ def test_greedy_outputs_agree_between_vllm_and_local(
         assert s.model == loc.model
 
 
+def test_stop_strings_agree(openai_llm: OpenAIBackend, local_llm: LocalBackend) -> None:
+    req = GenerationRequest.from_prompt("Count from 1 to 10, one per line.", max_tokens=40)
+    req = req.model_copy(update={"stop": ["5", "7"]})
+    served, local = openai_llm.generate(req), local_llm.generate(req)
+    assert served.text == local.text and served.finish_reason == local.finish_reason == "stop"
+    assert "5" not in served.text and "4" in served.text
+
+
 def test_top_logprobs_agree(openai_llm: OpenAIBackend, local_llm: LocalBackend) -> None:
     reqs = [
         GenerationRequest.from_prompt(PROMPTS[0], max_tokens=3, top_logprobs=5),

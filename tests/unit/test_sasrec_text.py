@@ -14,7 +14,7 @@ from agent.data.schema import Dataset
 from agent.items.embeddings import item_embeddings
 from agent.models.checkpoint import CheckpointError
 from agent.models.registry import build_recommender
-from agent.models.sasrec_text import SASRecTextRecommender, TextItemEncoder
+from agent.models.sasrec_text import SASRecTextRecommender, TextItemEncoder, whitening
 
 
 @pytest.fixture()
@@ -35,6 +35,23 @@ def test_encoder_is_frozen_and_padding_is_zero(table: np.ndarray) -> None:
     assert vecs.shape == (1, 3, 16) and torch.count_nonzero(vecs[0, 0]) == 0
     with pytest.raises(ValueError, match="adapter"):
         TextItemEncoder(table, 16, adapter="moe")
+
+
+def test_whitening_decorrelates_and_survives_a_state_dict_load(table: np.ndarray) -> None:
+    mean, proj = whitening(table[1:])
+    feats = (table[1:] - mean) @ proj
+    cov = np.cov(feats, rowvar=False)
+    np.testing.assert_allclose(cov, np.eye(len(cov)), atol=1e-3)
+    few = whitening(table[1:20])[1]  # 19 items span at most 18 centred directions
+    assert few.shape == (table.shape[1], 18)
+    saved = TextItemEncoder(table, 16)
+    other = TextItemEncoder(table, 16)
+    other.get_buffer("mean").add_(1.0)  # as if whitened from other statistics
+    other.features = other._features()
+    other.load_state_dict(saved.state_dict())  # the hook recomputes the derived features
+    torch.testing.assert_close(other.get_buffer("features"), saved.get_buffer("features"))
+    ids = torch.tensor([[0, 3, 5]])
+    torch.testing.assert_close(other(ids), saved(ids))
 
 
 @pytest.mark.parametrize("adapter", ["mlp", "linear"])

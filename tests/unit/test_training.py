@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -9,11 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner, Result
 
+from agent.cli.main import app
 from agent.config import Settings
 from agent.data.schema import Dataset
 from agent.models.base import UNKNOWN_ITEM_SCORE
-from agent.models.checkpoint import CONFIG_FILE, CheckpointError
+from agent.models.checkpoint import CONFIG_FILE, FIT_REPORT_FILE, CheckpointError
 from agent.models.registry import build_recommender
 from agent.models.sasrec import MODEL_FILE, SASRecRecommender
 from agent.models.sasrec_id import SASRecIDRecommender
@@ -167,3 +170,48 @@ def test_full_domain_ranking_matches_per_user_scoring(
         assert scores.shape == (len(kitchen),)
         alone = model.score([user.history], [kitchen[:50]])[0]
         np.testing.assert_allclose(scores[:50], alone, rtol=1e-5, atol=1e-6)
+
+
+runner = CliRunner()
+
+
+def _train_cli(tmp_path: Path, slice_dir: Path, *args: str) -> Result:
+    settings = ["--set", "train.hidden=16", "--set", "train.max_len=20"]
+    settings += ["--set", f"work_dir={tmp_path / 'work'}"]
+    return runner.invoke(app, [*settings, "train", "--data", str(slice_dir), *args])
+
+
+def test_train_cli_writes_checkpoint_and_fit_report(
+    settings: Settings, slice_data: Dataset, slice_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "sid"
+    result = _train_cli(
+        tmp_path,
+        slice_dir,
+        "--model",
+        "sasrec-id",
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / FIT_REPORT_FILE).read_text(encoding="utf-8"))
+    assert report["epochs"] == 2 and report["seed"] == 3 and report["model"] == "sasrec-id"
+    assert 0.0 < report["best_valid_ndcg10"] <= 1.0 and report["seconds_per_epoch"] > 0
+    loaded = SASRecIDRecommender(slice_data, settings)
+    loaded.load(out)  # the checkpoint's own config (hidden 16) rebuilds the network
+    assert loaded.network.hidden == 16
+
+
+def test_train_cli_other_models_and_errors(slice_dir: Path, tmp_path: Path) -> None:
+    pop = _train_cli(tmp_path, slice_dir, "--model", "popularity", "--out", str(tmp_path / "p"))
+    assert pop.exit_code == 0, pop.output
+    assert (tmp_path / "p" / "counts.json").is_file()
+    assert (tmp_path / "p" / FIT_REPORT_FILE).is_file()
+    knn = _train_cli(tmp_path, slice_dir, "--model", "text-knn", "--out", str(tmp_path / "k"))
+    assert knn.exit_code == 0 and not (tmp_path / "k").exists()
+    assert _train_cli(tmp_path, slice_dir, "--model", "nope").exit_code == 2
+    assert _train_cli(tmp_path, slice_dir, "--device", "tpu").exit_code == 2

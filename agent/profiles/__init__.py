@@ -1,0 +1,1 @@
+"""Hierarchical cross-domain user profiles (LLM4CDSR): groups -> domains -> one profile."""
