@@ -1,4 +1,4 @@
-"""The trainer shared by the SASRec variants, and a small sampled-ranking validation.
+"""The trainer shared by the SASRec variants.
 
 Training (as in SASRec): every train row's history, cut to its last ``max_len + 1`` items, gives
 ``max_len`` next-item examples at once: input ids[:-1], target ids[1:], left-padded. Each
@@ -7,8 +7,7 @@ negatives' logits; padded positions carry no loss. Adam; the best state by ``val
 and written to the checkpoint; training stops after ``patience`` evaluations without a gain.
 Only train rows train (the histories of valid/test rows are left out too).
 
-``SampledRanking`` is a small self-contained validation (C2DSR-style sampled negatives) for
-tests and tuning; ``recbridge train`` uses the evaluation harness' ``make_valid_fn``.
+Early stopping calls a ``ValidFn``; callers pass the evaluation harness' ``make_valid_fn``.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +27,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
-from agent.data.schema import Dataset, Split
-from agent.models.base import FitReport, Recommender, ValidFn
+from agent.data.schema import Dataset
+from agent.models.base import FitReport, ValidFn
 from agent.models.sasrec import SASRec, SASRecRecommender, left_pad
 
 log = logging.getLogger(__name__)
@@ -266,71 +265,3 @@ def fit_sequence_model(
     report.seconds = time.perf_counter() - start
     report.seconds_per_epoch = train_seconds / max(report.epochs, 1)
     return report
-
-
-class SampledRanking:
-    """Rank each user's target among ``num_negatives`` items of the target's domain.
-
-    The C2DSR-lineage protocol: negatives uniform over the domain's items the user never
-    interacted with, drawn once (seeded) so every evaluation sees the same candidates. A tie
-    with the target counts against it, so constant scores earn nothing. Called as a
-    ``ValidFn`` it returns NDCG@10.
-    """
-
-    def __init__(
-        self,
-        data: Dataset,
-        *,
-        split: Split = "valid",
-        num_negatives: int = 999,
-        users: int = 0,
-        seed: int = 0,
-    ) -> None:
-        rng = np.random.default_rng(seed)
-        rows = [u for u in data.iter_split(split) if u.target in data.items]
-        if users and users < len(rows):
-            rows = [rows[i] for i in sorted(rng.choice(len(rows), users, replace=False))]
-        catalog = data.catalog
-        pools = {d: [catalog.ids[i - 1] for i in catalog.domain_items(d)] for d in data.domains}
-        self.histories: list[tuple[str, ...]] = []
-        self.candidates: list[list[str]] = []
-        self.domains: list[str] = []
-        for row in rows:
-            target = row.target
-            assert target is not None
-            domain = data.domain_of(target)
-            seen = set(row.items)
-            pool = pools[domain]
-            want = min(num_negatives, len(pool) - len(seen & set(pool)))
-            draw = rng.choice(len(pool), min(len(pool), want + len(seen)), replace=False)
-            negatives = [pool[i] for i in draw if pool[i] not in seen][:want]
-            self.histories.append(row.history)
-            self.candidates.append([target, *negatives])
-            self.domains.append(domain)
-
-    def __len__(self) -> int:
-        return len(self.histories)
-
-    def ranks(self, rec: Recommender) -> np.ndarray:
-        """0-based rank of each target (number of candidates scored >= it)."""
-        scores = rec.score(self.histories, self.candidates)
-        return np.array([int((s[1:] >= s[0]).sum()) for s in scores], dtype=np.int64)
-
-    def metrics(self, rec: Recommender, k: int = 10) -> dict[str, float]:
-        ranks = self.ranks(rec)
-        out: dict[str, float] = {}
-        groups: dict[str, Sequence[bool]] = {"all": [True] * len(ranks)}
-        groups.update({d: [x == d for x in self.domains] for d in sorted(set(self.domains))})
-        for name, sel in groups.items():
-            r = ranks[np.asarray(sel, dtype=bool)]
-            if len(r) == 0:
-                continue
-            hit = r < k
-            prefix = "" if name == "all" else f"{name}/"
-            out[f"{prefix}ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(r + 2.0), 0.0).mean())
-            out[f"{prefix}hr@{k}"] = float(hit.mean())
-            out[f"{prefix}mrr"] = float((1.0 / (r + 1.0)).mean())
-        return out
-
-    def __call__(self, rec: Recommender) -> float:
-        return self.metrics(rec)["ndcg@10"]

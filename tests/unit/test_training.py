@@ -23,9 +23,9 @@ from agent.models.sasrec_id import SASRecIDRecommender
 from agent.models.training import (
     DomainNegativeSampler,
     LengthPoolBatchSampler,
-    SampledRanking,
     training_sequences,
 )
+from eval.evaluator import make_valid_fn
 
 
 def with_train(settings: Settings, **train: Any) -> Settings:
@@ -75,8 +75,9 @@ def test_length_pools_cover_every_row_once() -> None:
 def test_training_lowers_loss_and_keeps_the_best_checkpoint(
     settings: Settings, slice_data: Dataset, tmp_path: Path
 ) -> None:
-    valid = SampledRanking(slice_data, num_negatives=99, seed=0)
-    model = build_recommender("sasrec-id", slice_data, fast(settings, epochs=4))
+    fit_settings = fast(settings, epochs=4)
+    valid = make_valid_fn(slice_data, fit_settings, protocol="sampled-100")
+    model = build_recommender("sasrec-id", slice_data, fit_settings)
     assert isinstance(model, SASRecIDRecommender)
     untrained = valid(model)
     report = model.fit(valid_fn=valid, out=tmp_path / "ckpt")
