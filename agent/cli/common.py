@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,7 +55,7 @@ def user_errors() -> Iterator[None]:
 
 
 def handles_user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    import functools
+    """Decorator form of ``user_errors`` for typer commands."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
