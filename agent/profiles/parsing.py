@@ -115,6 +115,18 @@ def _field_errors(exc: ValidationError) -> str:
     )[:300]
 
 
+def _unique_phrases(values: list[str]) -> list[str]:
+    """Non-empty phrases, stripped, first of each case-insensitive duplicate kept."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for value in values:
+        phrase = value.strip()
+        if phrase and phrase.casefold() not in seen:
+            seen.add(phrase.casefold())
+            out.append(phrase)
+    return out
+
+
 def parse_profile(text: str, history_ids: Collection[str]) -> ParsedProfile:
     """A validated ``Profile`` from LLM text; evidence ids outside ``history_ids`` are dropped."""
     data, repaired = extract_json(text)
@@ -126,8 +138,13 @@ def parse_profile(text: str, history_ids: Collection[str]) -> ParsedProfile:
     valid = [i for i in profile.evidence_item_ids if i in known]
     dropped = len(profile.evidence_item_ids) - len(valid)
     kept = list(dict.fromkeys(valid))  # duplicates are not invented, just repeated
+    # Small models loop: the same phrase again and again fills a list. Keep each once.
+    phrases = {
+        name: _unique_phrases(getattr(profile, name))
+        for name in ("preferences", "dislikes", "cross_domain_themes")
+    }
     return ParsedProfile(
-        profile=profile.model_copy(update={"evidence_item_ids": kept}),
+        profile=profile.model_copy(update={"evidence_item_ids": kept, **phrases}),
         repaired=repaired,
         dropped_evidence=dropped,
     )

@@ -248,8 +248,10 @@ class HierarchicalProfiler:
     def _items(self, ids: Sequence[str]) -> list[Item]:
         return [self.data.items[i] for i in ids]
 
-    def _schema(self, evidence_ids: Sequence[str]) -> dict[str, Any]:
+    def _schema(self, evidence_ids: Sequence[str]) -> dict[str, Any] | None:
         p = self.params
+        if not p.constrained:
+            return None
         return profile_json_schema(
             p.max_list_items,
             summary_chars=p.summary_max_chars,

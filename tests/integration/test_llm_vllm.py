@@ -130,9 +130,32 @@ def test_schema_constrained_decoding_returns_valid_json(openai_llm: OpenAIBacken
         assert json.loads(result.text)["domain"] in {"food", "kitchen"}
 
 
-def test_local_backend_flags_schema_as_not_enforced(local_llm: LocalBackend) -> None:
-    result = local_llm.generate(_domain_request(TITLES[0], max_tokens=8, json_schema=DOMAIN_SCHEMA))
-    assert result.schema_enforced is False  # callers must validate and repair
+def test_constrained_outputs_agree_between_vllm_and_local(
+    openai_llm: OpenAIBackend, local_llm: LocalBackend
+) -> None:
+    """xgrammar masks the same tokens in both: constrained greedy answers are identical."""
+    reqs = [
+        _domain_request(t, max_tokens=32, json_schema=DOMAIN_SCHEMA, adapter=a)
+        for t in TITLES
+        for a in (None, ADAPTER)
+    ]
+    served = _ok(openai_llm.generate_batch(reqs))
+    local = _ok(local_llm.generate_batch(reqs))
+    for s, loc in zip(served, local, strict=True):
+        assert loc.schema_enforced and s.schema_enforced
+        assert json.loads(loc.text)["domain"] in {"food", "kitchen"}
+        assert (s.text, s.completion_tokens, s.finish_reason) == (
+            loc.text,
+            loc.completion_tokens,
+            loc.finish_reason,
+        )
+
+
+def test_local_backend_rejects_a_schema_it_cannot_compile(local_llm: LocalBackend) -> None:
+    bad = {"type": "object", "properties": {"x": {"type": "no-such-type"}}}
+    with pytest.raises(LLMError) as err:
+        local_llm.generate(_domain_request(TITLES[0], max_tokens=8, json_schema=bad))
+    assert err.value.kind == "bad_request" and "json_schema" in str(err.value)
 
 
 def test_cli_lists_the_served_models(vllm_server: VLLMServer) -> None:

@@ -1,6 +1,7 @@
-"""Hierarchical profiles with the real small model: through the real vLLM server (schema-
-constrained JSON), through the in-process backend (no constraint: repair/retry/fallback for
-real), and through a loopback server that injects faults mid-batch. No mock of the LLM.
+"""Hierarchical profiles with the real small model: through the real vLLM server and the
+in-process backend (both schema-constrained, with identical trees), unconstrained (repair/retry/
+fallback for real), and through a loopback server that injects faults mid-batch. No mock of the
+LLM.
 
 Kept small (short histories, one group per domain, few tokens): the CPU model is slow.
 """
@@ -204,18 +205,49 @@ def test_cli_prints_the_tree_and_profiles_a_split(
     assert tree.user_id == user and tree == ProfileTree.model_validate(rows[0]["tree"])
 
 
-def test_local_backend_repairs_retries_or_falls_back_with_counts(
+def test_local_and_vllm_profiles_agree(
+    openai_llm: OpenAIBackend,
     local_llm: LocalBackend,
     profile_settings: Settings,
     slice_data: Dataset,
     slice_embeddings: np.ndarray,
 ) -> None:
-    """No constrained decoding in-process: the 135M model's JSON goes through repair/retry and,
-    when still unusable, the counted fallback; the tree is complete either way."""
+    """Same prompts, same grammar (xgrammar in both), greedy: the same tree from either backend."""
     user = _short_users(slice_data, 1)[0]
-    with ProfileCache(profile_settings.profile_cache_dir) as cache:
+    trees = []
+    for backend in (openai_llm, local_llm):
+        with ProfileCache(profile_settings.profile_cache_dir / backend.name) as cache:
+            results, stats = _profiler(
+                backend, slice_data, profile_settings, slice_embeddings, cache
+            ).profile_users([user])
+        (tree,) = _ok_trees(results)
+        _check_tree(tree, user, slice_data)
+        assert all(c.schema_enforced for c in [tree.call, *(d.call for d in tree.domains)])
+        assert stats.fallbacks == 0 and stats.retries == 0
+        trees.append(tree)
+    served, local = trees
+    assert local.profile == served.profile
+    assert [d.profile for d in local.domains] == [d.profile for d in served.domains]
+    assert [g.text for d in local.domains for g in d.groups] == [
+        g.text for d in served.domains for g in d.groups
+    ]
+
+
+def test_unconstrained_local_json_is_repaired_retried_or_falls_back_with_counts(
+    local_llm: LocalBackend,
+    profile_settings: Settings,
+    slice_data: Dataset,
+    slice_embeddings: np.ndarray,
+) -> None:
+    """Without the schema the 135M model's JSON goes through repair/retry and, when still
+    unusable, the counted fallback; the tree is complete either way."""
+    free = profile_settings.model_copy(
+        update={"profile": profile_settings.profile.model_copy(update={"constrained": False})}
+    )
+    user = _short_users(slice_data, 1)[0]
+    with ProfileCache(free.profile_cache_dir) as cache:
         results, stats = _profiler(
-            local_llm, slice_data, profile_settings, slice_embeddings, cache
+            local_llm, slice_data, free, slice_embeddings, cache
         ).profile_users([user])
     (tree,) = _ok_trees(results)
     _check_tree(tree, user, slice_data)

@@ -75,6 +75,13 @@ def test_invented_evidence_ids_are_dropped_and_counted() -> None:
     assert parsed.dropped_evidence == 2
 
 
+def test_repeated_phrases_are_kept_once() -> None:
+    data = dict(GOOD, preferences=["Tea", "tea ", "", "coffee", "TEA"], dislikes=["x", "x"])
+    parsed = parse_profile(json.dumps(data), HISTORY)
+    assert parsed.profile.preferences == ["Tea", "coffee"]
+    assert parsed.profile.dislikes == ["x"]
+
+
 def test_extra_keys_are_ignored() -> None:
     parsed = parse_profile(json.dumps(dict(GOOD, mood="happy")), HISTORY)
     assert parsed.profile.summary == GOOD["summary"]
