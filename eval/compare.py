@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from agent.config import Settings
 from agent.data.schema import Dataset
 from agent.models.base import Recommender, ValidFn
 from agent.models.registry import recommender_class
+from agent.pipeline.build import TwoStageSpec, two_stage_factory
 from eval.evaluator import EvalResult, RankingEvaluator, make_valid_fn
 from eval.modelprep import ModelNotReady, default_checkpoint, is_checkpoint, prepare_model
 from eval.report import ReportPaths, write_report
+from eval.two_stage import TwoStageRow, cost_markdown, evaluate_two_stage, extra_info
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TwoStagePlan:
+    """Rows of ``retriever`` + each reranker spec (see agent.pipeline.build)."""
+
+    retriever: str
+    specs: list[TwoStageSpec]
+    backend: Literal["local", "openai"] | None = None
 
 
 @dataclass
@@ -25,6 +36,7 @@ class Comparison:
     prepared: dict[str, dict[str, Any]]
     evaluator: RankingEvaluator
     paths: ReportPaths
+    two_stage: list[TwoStageRow] = field(default_factory=list)
 
 
 def check_ready(
@@ -51,9 +63,16 @@ def compare_models(
     candidates: Path | None = None,
     out: Path | None = None,
     name: str | None = None,
+    two_stage: TwoStagePlan | None = None,
 ) -> Comparison:
-    """Prepare (load or train) each model, evaluate all on one candidate set, write the report."""
+    """Prepare (load or train) each model, evaluate all on one candidate set, write the report.
+
+    With ``two_stage``, its retriever (added to ``names`` if missing) is also evaluated with each
+    LLM reranker on the same users and candidates.
+    """
     checkpoints = checkpoints or {}
+    if two_stage is not None and two_stage.retriever not in names:
+        names = [*names, two_stage.retriever]
     check_ready(names, settings, checkpoints, train_missing)
     evaluator = RankingEvaluator(dataset, settings, candidates_path=candidates)
     log.info(
@@ -82,6 +101,24 @@ def compare_models(
         models[model_name] = prep.model
         prepared[model_name] = prep.describe()
         results.append(evaluator(prep.model, name=model_name))
-    extra = {"models": prepared, "candidates": str(evaluator.candidates.path or "on the fly")}
+    extra: dict[str, Any] = {
+        "models": prepared,
+        "candidates": str(evaluator.candidates.path or "on the fly"),
+    }
+    rows: list[TwoStageRow] = []
+    if two_stage is not None:
+        with two_stage_factory(settings, backend=two_stage.backend) as factory:
+            rows = evaluate_two_stage(
+                evaluator,
+                factory,
+                two_stage.retriever,
+                models[two_stage.retriever],
+                two_stage.specs,
+            )
+            extra["two_stage"] = extra_info(rows, factory)
+        results.extend(r.result for r in rows)
     paths = write_report(results, settings, out, name=name, extra=extra)
-    return Comparison(results, models, prepared, evaluator, paths)
+    if rows:
+        with paths.markdown.open("a", encoding="utf-8") as fh:
+            fh.write("\n" + cost_markdown(rows))
+    return Comparison(results, models, prepared, evaluator, paths, rows)

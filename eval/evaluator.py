@@ -165,8 +165,13 @@ class RankingEvaluator:
         self.domains = [self.candidates.domain(u) for u in self.users]
         self.n_candidates = np.array([self.candidates.count(u) for u in self.users])
 
-    def __call__(self, model: Recommender, name: str | None = None) -> EvalResult:
+    def __call__(
+        self, model: Recommender, name: str | None = None, *, batch_users: int | None = None
+    ) -> EvalResult:
+        """Rank every user's target; ``batch_users`` overrides the batch size (small for LLM
+        rerankers: each batch is one round of requests and one cache write)."""
         name = name or model.name
+        per_batch = max(1, batch_users or self.batch_users)
         seed = self.settings.seed
         ranks = np.empty(len(self.users), dtype=np.int64)
         started = time.perf_counter()
@@ -177,7 +182,7 @@ class RankingEvaluator:
             leave=False,
             disable=None if self.show_progress else True,  # None: only on a terminal
         ) as bar:
-            for start, stop in _batches(self.n_candidates.tolist(), self.batch_users):
+            for start, stop in _batches(self.n_candidates.tolist(), per_batch):
                 users = self.users[start:stop]
                 sets = [self.candidates.get(u) for u in users]
                 scores = model.score([u.history for u in users], [s.candidates for s in sets])

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from agent.cli.common import UserError, console, handles_user_errors, log, state
+from agent.config import Settings
 from agent.data.loader import load_dataset
+from agent.llm.backend import LLMError
+from agent.llm.model_files import ModelFilesError
 from agent.models.registry import UnknownModelError
+from agent.pipeline.build import TwoStageSpec, parse_specs
+from agent.prompts import PromptError
+from agent.rerank.registry import RERANKERS
 from eval.candidates import CandidatesError
-from eval.compare import compare_models
+from eval.compare import TwoStagePlan, compare_models
 from eval.evaluator import EvalError
 from eval.modelprep import ModelNotReady
 from eval.report import print_table
+from eval.two_stage import cost_table
 
 DEFAULT_MODELS = "popularity,text-knn,sasrec-id,sasrec-text"
 # Problems the user can fix: one line, exit 2 (user_errors handles the shared ones).
 EVAL_ERRORS = (UnknownModelError, ModelNotReady, CandidatesError, EvalError, ImportError)
+LLM_ERRORS = (LLMError, ModelFilesError, PromptError)
 
 
 def parse_checkpoints(items: list[str], models: list[str]) -> dict[str, Path]:
@@ -31,6 +39,21 @@ def parse_checkpoints(items: list[str], models: list[str]) -> dict[str, Path]:
             raise UserError(f"--checkpoint {name}: not among --models ({', '.join(models)})")
         out[name] = Path(path)
     return out
+
+
+def llm_backend_kind(backend: str | None) -> Literal["local", "openai"] | None:
+    if backend not in (None, "local", "openai"):
+        raise UserError(f"--backend {backend!r}: expected local or openai")
+    return backend  # type: ignore[return-value]
+
+
+def reranker_specs(rerankers: str, ablation: bool, settings: Settings) -> list[TwoStageSpec]:
+    """``listwise,verbalizer`` -> one spec each (and each without the profile: ``ablation``)."""
+    specs = parse_specs(rerankers, profile=settings.rerank.use_profile, ablation=ablation)
+    unknown = sorted({s.reranker for s in specs} - set(RERANKERS))
+    if unknown:
+        raise UserError(f"--rerankers: unknown {', '.join(unknown)}; known: {', '.join(RERANKERS)}")
+    return specs
 
 
 def register(app: typer.Typer) -> None:
@@ -69,6 +92,27 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Report folder (default: work_dir/eval/<name or timestamp>)."),
         ] = None,
         name: Annotated[str | None, typer.Option(help="Report folder name.")] = None,
+        rerankers: Annotated[
+            str | None,
+            typer.Option(
+                help="Two-stage rows: comma-separated LLM rerankers (listwise,verbalizer)."
+            ),
+        ] = None,
+        retriever: Annotated[
+            str | None, typer.Option(help="Stage one for --rerankers (default: the first model).")
+        ] = None,
+        top_n: Annotated[
+            int | None, typer.Option(min=1, help="Candidates reranked (rerank.top_n).")
+        ] = None,
+        profile_ablation: Annotated[
+            bool,
+            typer.Option(
+                "--profile-ablation/--no-profile-ablation",
+                help="Each reranker also without the profile in its prompt.",
+            ),
+        ] = False,
+        backend: Annotated[str | None, typer.Option(help="LLM: local or openai.")] = None,
+        url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL.")] = None,
     ) -> None:
         """Evaluate recommenders on the same seeded candidates; writes JSON, Markdown, PNG."""
         overrides: dict[str, Any] = {
@@ -76,12 +120,22 @@ def register(app: typer.Typer) -> None:
             "eval.protocol": protocol,
             "eval.split": split,
             "eval.users": users,
+            "rerank.top_n": top_n,
+            "llm.url": url,
         }
         settings = state(ctx).settings(**overrides)
         names = [m.strip() for m in models.split(",") if m.strip()]
         if not names:
             raise UserError("--models: give at least one model name")
         ckpts = parse_checkpoints(checkpoint or [], names)
+        kind = llm_backend_kind(backend)
+        plan = (
+            TwoStagePlan(
+                retriever or names[0], reranker_specs(rerankers, profile_ablation, settings), kind
+            )
+            if rerankers
+            else None
+        )
         try:
             dataset = load_dataset(settings.data)
             run = compare_models(
@@ -93,9 +147,12 @@ def register(app: typer.Typer) -> None:
                 candidates=candidates,
                 out=out,
                 name=name,
+                two_stage=plan,
             )
-        except EVAL_ERRORS as exc:
+        except (*EVAL_ERRORS, *LLM_ERRORS) as exc:
             raise UserError(str(exc)) from None
         print_table(run.results, run.evaluator.ks, console)
+        if run.two_stage:
+            console.print(cost_table(run.two_stage))
         paths = run.paths
         log.info("results: %s (table %s, chart %s)", paths.json, paths.markdown, paths.png)

@@ -14,6 +14,7 @@ from agent.cli import (
     index_cmd,
     llm_cmd,
     profile_cmd,
+    recommend_cmd,
     run_cmd,
     score_cmd,
     train_cmd,
@@ -57,7 +58,17 @@ def main(
     st.set_items = list(set_items or [])
 
 
-for module in (data_cmd, index_cmd, train_cmd, eval_cmd, score_cmd, run_cmd, llm_cmd, profile_cmd):
+for module in (
+    data_cmd,
+    index_cmd,
+    train_cmd,
+    eval_cmd,
+    score_cmd,
+    run_cmd,
+    llm_cmd,
+    profile_cmd,
+    recommend_cmd,
+):
     module.register(app)
 
 

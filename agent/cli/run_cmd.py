@@ -1,7 +1,9 @@
 """``recbridge run``: the main job on the embedded defaults, end to end.
 
 data -> item text embeddings (cached) -> Chroma item index -> recommenders (trained, or loaded
-from their checkpoints) -> evaluation table, JSON and plot -> one example user.
+from their checkpoints) -> evaluation table, JSON and plot -> on a seeded sample of test users,
+the best recommender as retriever with each LLM reranker (users profiled, candidates reranked)
+-> one example user end to end (history, profile, retrieved, reranked).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import typer
 from rich.table import Table
 
 from agent.cli.common import UserError, console, handles_user_errors, state
-from agent.cli.eval_cmd import EVAL_ERRORS
+from agent.cli.eval_cmd import EVAL_ERRORS, LLM_ERRORS, llm_backend_kind, reranker_specs
+from agent.cli.recommend_cmd import render_recommendation
 from agent.config import Settings
 from agent.data.loader import load_dataset
 from agent.data.schema import Dataset, UserSequence
@@ -25,13 +28,22 @@ from agent.items.embedder import make_embedder
 from agent.items.embeddings import item_embeddings
 from agent.models.base import Recommender
 from agent.models.text_knn import TextKNNRecommender
+from agent.pipeline.build import two_stage_factory
+from agent.pipeline.profile_source import ProfileSource
+from agent.pipeline.recommend import RecommendOptions, recommend
+from agent.rerank.registry import make_reranker
 from agent.store.chroma_store import ItemIndex, make_client
-from eval.compare import Comparison, compare_models
-from eval.report import print_table
+from eval.compare import Comparison, TwoStagePlan, compare_models
+from eval.evaluator import RankingEvaluator
+from eval.report import print_table, write_report
+from eval.two_stage import cost_markdown, cost_table, evaluate_two_stage, extra_info
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODELS = "popularity,text-knn,sasrec-id,sasrec-text"
+DEFAULT_RERANKERS = "listwise,verbalizer"
+# LLM profiling + reranking on a CPU costs about a minute per user: a sample keeps it minutes.
+DEFAULT_RERANK_USERS = 10
 EXAMPLE_TOP = 10
 
 
@@ -49,8 +61,16 @@ def run(
     epochs: Annotated[int | None, typer.Option(help="Max epochs for trained models.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for sampling and training.")] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder.")] = None,
+    rerankers: Annotated[
+        str, typer.Option(help="LLM rerankers for the two-stage rows ('' = none).")
+    ] = DEFAULT_RERANKERS,
+    rerank_users: Annotated[
+        int, typer.Option(min=1, help="Seeded test users for the two-stage rows.")
+    ] = DEFAULT_RERANK_USERS,
+    backend: Annotated[str | None, typer.Option(help="LLM: local or openai.")] = None,
 ) -> None:
-    """Index the items, train or load the recommenders, evaluate them, show one example user."""
+    """Index, train or load the recommenders, evaluate them, rerank a sample with the LLM,
+    show one example user end to end."""
     settings = state(ctx).settings(
         **{
             "data.path": str(data) if data else None,
@@ -61,6 +81,8 @@ def run(
         }
     )
     names = [n.strip() for n in models.split(",") if n.strip()]
+    kind = llm_backend_kind(backend)
+    specs = reranker_specs(rerankers, False, settings) if rerankers else []
     started = time.perf_counter()
     dataset = load_dataset(settings.data)
     stats = compute_stats(dataset)
@@ -79,8 +101,73 @@ def run(
         raise UserError(str(exc)) from None
     print_table(comparison.results, comparison.evaluator.ks, console)
     log.info("report: %s", comparison.paths.directory)
-    show_example(dataset, settings, comparison, embeddings)
+    if not specs:
+        show_example(dataset, settings, comparison, embeddings)
+    else:
+        best_name, best = _best_trained(comparison) or (names[0], comparison.models[names[0]])
+        plan = TwoStagePlan(best_name, specs, kind)
+        try:
+            rerank_sample(dataset, settings, plan, best, rerank_users, embeddings, comparison)
+        except LLM_ERRORS as exc:
+            raise UserError(str(exc)) from None
     log.info("done in %.0f s", time.perf_counter() - started)
+
+
+def rerank_sample(
+    dataset: Dataset,
+    settings: Settings,
+    plan: TwoStagePlan,
+    retriever: Recommender,
+    users: int,
+    embeddings: np.ndarray,
+    comparison: Comparison,
+) -> None:
+    """The best model as retriever, alone and with each reranker, on ``users`` seeded test
+    users (same candidates as the main table); then the first of them end to end."""
+    name = plan.retriever
+    evaluator = RankingEvaluator(dataset, settings, users=users)
+    log.info("two-stage: %s + %s on %d test users", name, rerankers_of(plan), len(evaluator.users))
+    with two_stage_factory(settings, backend=plan.backend, embeddings=embeddings) as factory:
+        rows = evaluate_two_stage(evaluator, factory, name, retriever, plan.specs)
+        results = [evaluator(retriever, name=name), *(r.result for r in rows)]
+        extra = {"two_stage": extra_info(rows, factory), "retriever": name}
+        paths = write_report(
+            results, settings, comparison.paths.directory / "two-stage", extra=extra
+        )
+        with paths.markdown.open("a", encoding="utf-8") as fh:
+            fh.write("\n" + cost_markdown(rows))
+        print_table(results, evaluator.ks, console)
+        console.print(cost_table(rows))
+        log.info("two-stage report: %s", paths.directory)
+
+        user = evaluator.users[0]
+        spec = plan.specs[0]
+        reranker = make_reranker(
+            spec.reranker, factory.backend, settings, use_profile=spec.use_profile
+        )
+        profiles = (
+            ProfileSource(factory.backend, dataset, settings, factory.profile_cache, embeddings)
+            if spec.use_profile
+            else None
+        )
+        target = user.target
+        options = RecommendOptions(
+            user_id=user.user_id,
+            domain=dataset.domain_of(target) if target else None,
+            top_n=settings.rerank.top_n,
+            top_k=EXAMPLE_TOP,
+            history_items=settings.rerank.history_items,
+            seed=settings.seed,
+        )
+        rec = recommend(
+            dataset, retriever, user.history, reranker=reranker, profiles=profiles, options=options
+        )
+    console.rule(f"example: user {user.user_id}, full {rec.domain} catalogue")
+    console.print(render_recommendation(rec, dataset, target))
+
+
+def rerankers_of(plan: TwoStagePlan) -> str:
+    return ",".join(dict.fromkeys(s.reranker for s in plan.specs))
 
 
 def index_items(dataset: Dataset, settings: Settings) -> np.ndarray:

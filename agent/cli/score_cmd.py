@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
-from agent.cli.common import UserError, handles_user_errors, state
+from agent.cli.common import UserError, handles_user_errors, log, state
 from agent.data.loader import load_dataset
+from agent.llm.backend import LLMError
+from agent.llm.model_files import ModelFilesError
 from agent.models.registry import UnknownModelError
+from agent.pipeline.build import TwoStageSpec, two_stage_factory
+from agent.prompts import PromptError
+from agent.rerank.registry import RERANKERS
 from agent.scoring import score_file
 from eval.evaluator import make_valid_fn
 from eval.modelprep import ModelNotReady, prepare_model
@@ -33,6 +38,17 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option(help="Train a trained model now if it has no checkpoint.")
         ] = False,
         batch_size: Annotated[int, typer.Option(min=1, help="Lines per model call.")] = 256,
+        reranker: Annotated[
+            str | None,
+            typer.Option(help="listwise or verbalizer: the LLM reorders the model's top N."),
+        ] = None,
+        top_n: Annotated[
+            int | None, typer.Option(min=1, help="With --reranker: how many (rerank.top_n).")
+        ] = None,
+        use_profile: Annotated[
+            bool, typer.Option("--profile/--no-profile", help="With --reranker: profile users.")
+        ] = True,
+        backend: Annotated[str | None, typer.Option(help="LLM: local or openai.")] = None,
     ) -> None:
         """Score each line's candidates; bad lines become error lines, never a crash.
 
@@ -40,11 +56,22 @@ def register(app: typer.Typer) -> None:
         {"user_id", "scores": [one float per candidate]}; unknown candidates score -1e30 and
         are listed in "unknown_candidates", unknown history ids in "unknown_history"; a bad
         line gives {"user_id", "line", "error"}.
+
+        With --reranker the two-stage system scores: the model ranks each list, the LLM reorders
+        its top N, which then score above the rest (whose scores are the model's).
         """
         # Checked first: the one input problem that is fatal, before loading anything.
         if not input_path.is_file():
             raise UserError(f"input file not found: {input_path}")
-        overrides: dict[str, Any] = {"data.path": str(data) if data else None}
+        if reranker is not None and reranker not in RERANKERS:
+            raise UserError(f"--reranker {reranker!r}: expected {', '.join(RERANKERS)}")
+        if backend not in (None, "local", "openai"):
+            raise UserError(f"--backend {backend!r}: expected local or openai")
+        kind: Literal["local", "openai"] | None = backend  # type: ignore[assignment]
+        overrides: dict[str, Any] = {
+            "data.path": str(data) if data else None,
+            "rerank.top_n": top_n,
+        }
         settings = state(ctx).settings(**overrides)
         dataset = load_dataset(settings.data)
         try:
@@ -60,6 +87,20 @@ def register(app: typer.Typer) -> None:
         except (UnknownModelError, ModelNotReady, ImportError) as exc:
             raise UserError(str(exc)) from None
         try:
-            score_file(prep.model, input_path, output_path, batch_size=batch_size)
+            if reranker is None:
+                score_file(prep.model, input_path, output_path, batch_size=batch_size)
+                return
+            with two_stage_factory(settings, backend=kind) as factory:
+                system = factory.build(prep.model, TwoStageSpec(reranker, use_profile))
+                # Small batches: each is one round of LLM requests, cached when it finishes.
+                score_file(
+                    system,
+                    input_path,
+                    output_path,
+                    batch_size=min(batch_size, settings.rerank.batch_users),
+                )
+                log.info("two-stage scoring: %s", system.stats.as_dict())
         except OSError as exc:  # unreadable input or unwritable output
             raise UserError(f"cannot score {input_path} -> {output_path}: {exc}") from None
+        except (LLMError, ModelFilesError, PromptError) as exc:
+            raise UserError(str(exc)) from None

@@ -1,8 +1,11 @@
 """In-process transformers + peft on the same model folder and adapters vLLM serves.
 
-Generation runs in a worker thread, one request at a time (the model and the active adapter are
-shared state); the concurrency limit then only bounds the queue. Greedy decoding in fp32 gives
-the same tokens as vLLM served with ``--dtype float32``. Schema-constrained decoding uses
+Concurrent requests are batched, as a server would: requests that can share a ``generate`` call
+(same adapter, sampling, stop strings, logprobs, schema or not) run together, left-padded, in
+one worker thread (the model and the active adapter are shared state). On a CPU decoding is
+memory-bound, so a batch of B costs little more than one request. The backend's concurrency
+limit is the batch size. Greedy decoding in fp32 gives the same tokens as vLLM served with
+``--dtype float32``. Schema-constrained decoding uses
 xgrammar, the grammar engine vLLM's structured outputs use, as a logits processor: same schema,
 same token masks, so constrained greedy outputs agree too (``schema_enforced=True``).
 """
@@ -27,6 +30,7 @@ from agent.llm.types import GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
 
+_ENQUEUE_TICKS = 4  # event-loop turns the batcher waits for concurrent requests to arrive
 _GRAMMAR_CACHE = 64  # compiled schemas kept (profiles send one per user: evidence id enums)
 
 
@@ -53,6 +57,9 @@ class LocalBackend(LLMBackend):
         self._tokenizer: Any = None
         self._compiler: Any = None  # xgrammar.GrammarCompiler, built on the first schema
         self._grammars: OrderedDict[str, Any] = OrderedDict()
+        # Requests waiting for the batcher, with the future each one awaits.
+        self._pending: list[tuple[GenerationRequest, asyncio.Future[GenerationResult]]] = []
+        self._draining: asyncio.Task[None] | None = None
 
     @property
     def model(self) -> str:
@@ -91,7 +98,40 @@ class LocalBackend(LLMBackend):
         )
 
     async def _attempt(self, req: GenerationRequest) -> GenerationResult:
-        return await asyncio.to_thread(self._generate_sync, req)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[GenerationResult] = loop.create_future()
+        # Sync calls run one event loop each: anything left from an earlier loop is dead.
+        self._pending = [p for p in self._pending if not p[1].done()]
+        self._pending.append((req, future))
+        draining = self._draining
+        if draining is None or draining.done() or draining.get_loop() is not loop:
+            self._draining = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        """Run the pending requests, a compatible batch at a time, until none is left."""
+        while self._pending:
+            # Let the other requests of a gather() enqueue first (finished ones free their
+            # semaphore slot a tick or two after their result is set).
+            for _ in range(_ENQUEUE_TICKS):
+                await asyncio.sleep(0)
+            key = _batch_key(self._pending[0][0])
+            batch = [p for p in self._pending if _batch_key(p[0]) == key][: self.concurrency]
+            for item in batch:
+                self._pending.remove(item)
+            reqs = [req for req, _ in batch]
+            results: list[GenerationResult | BaseException]
+            try:
+                results = list(await asyncio.to_thread(self._generate_batch_sync, reqs))
+            except Exception as exc:  # a bug here must fail these requests, not hang them
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue  # its caller gave up (cancelled)
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
     def _adapter_context(self, adapter: str | None) -> contextlib.AbstractContextManager[Any]:
         model = self._model
@@ -108,59 +148,120 @@ class LocalBackend(LLMBackend):
         model.set_adapter(adapter)
         return contextlib.nullcontext()
 
-    def _generate_sync(self, req: GenerationRequest) -> GenerationResult:
-        import torch
-
-        served = req.adapter or self._model_name
+    def _generate_batch_sync(
+        self, reqs: list[GenerationRequest]
+    ) -> list[GenerationResult | LLMError]:
+        """One ``generate`` over compatible requests (see ``_batch_key``); per-row results.
+        A row whose schema does not compile fails alone; the others still run."""
+        served = reqs[0].adapter or self._model_name
         with self._lock:
             try:
                 self._load_locked()
-                started = time.perf_counter()
-                tok = self._tokenizer
-                enc = tok.apply_chat_template(
-                    [m.model_dump() for m in req.messages],
-                    add_generation_prompt=True,
-                    return_tensors="pt",
-                    return_dict=True,
-                )
-                prompt_len = int(enc["input_ids"].shape[1])
-                gen_kw: dict[str, Any] = {
-                    "max_new_tokens": req.max_tokens,
-                    "do_sample": req.temperature > 0,
-                    "return_dict_in_generate": True,
-                    "output_logits": req.logprob_k > 0,  # raw logits, as vLLM's logprobs
-                    "pad_token_id": tok.pad_token_id,
-                    "max_time": self.timeout_s,
-                }
-                if req.temperature > 0:
-                    gen_kw["temperature"] = req.temperature
-                    if req.seed is not None:
-                        torch.manual_seed(req.seed)
-                else:
-                    # Neutralise any sampling defaults in generation_config.json.
-                    gen_kw.update(temperature=None, top_p=None, top_k=None)
-                if req.stop:
-                    gen_kw.update(stop_strings=req.stop, tokenizer=tok)
-                if req.json_schema is not None:
-                    gen_kw["logits_processor"] = [self._schema_processor(req.json_schema)]
-                with (
-                    torch.inference_mode(),
-                    torch_threads(self.threads),
-                    self._adapter_context(req.adapter),
-                ):
-                    out = self._model.generate(**enc, **gen_kw)
-            except LLMError:
-                raise
-            except Exception as exc:  # a bug or resource problem: fail this item, not the batch
-                raise LLMError(
+                grammars: dict[int, Any] = {}
+                failed: dict[int, LLMError] = {}
+                for row, req in enumerate(reqs):
+                    if req.json_schema is not None:
+                        try:
+                            grammars[row] = self._compiled(req.json_schema)
+                        except LLMError as exc:
+                            failed[row] = exc
+                live = [row for row in range(len(reqs)) if row not in failed]
+                done = self._generate_rows([reqs[r] for r in live], [grammars.get(r) for r in live])
+            except LLMError as exc:
+                return [exc] * len(reqs)
+            except Exception as exc:  # a bug or resource problem: fail this batch, not the run
+                error = LLMError(
                     "internal",
                     f"{type(exc).__name__}: {exc}",
                     url=str(self.model_dir),
                     model=served,
-                ) from exc
+                )
+                return [error] * len(reqs)
+        by_row: dict[int, GenerationResult | LLMError] = {
+            **failed,
+            **dict(zip(live, done, strict=True)),
+        }
+        return [by_row[row] for row in range(len(reqs))]
+
+    def _generate_rows(
+        self, reqs: list[GenerationRequest], grammars: list[Any]
+    ) -> list[GenerationResult | LLMError]:
+        """The ``generate`` call itself (lock held, model loaded)."""
+        import torch
+
+        if not reqs:
+            return []
+        first = reqs[0]
+        served = first.adapter or self._model_name
+        started = time.perf_counter()
+        tok = self._tokenizer
+        prompts: list[list[int]] = [
+            tok.apply_chat_template(
+                [m.model_dump() for m in r.messages],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+            )["input_ids"]
+            for r in reqs
+        ]
+        width = max(len(p) for p in prompts)
+        # Left padding: every row's next token is at the same (last) position.
+        ids = [[tok.pad_token_id] * (width - len(p)) + p for p in prompts]
+        mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+        gen_kw: dict[str, Any] = {
+            "input_ids": torch.tensor(ids),
+            "attention_mask": torch.tensor(mask),
+            "max_new_tokens": max(r.max_tokens for r in reqs),
+            "do_sample": first.temperature > 0,
+            "return_dict_in_generate": True,
+            "output_logits": first.logprob_k > 0,  # raw logits, as vLLM's logprobs
+            "pad_token_id": tok.pad_token_id,
+            "max_time": self.timeout_s,
+        }
+        if first.temperature > 0:
+            gen_kw["temperature"] = first.temperature
+            if first.seed is not None:
+                torch.manual_seed(first.seed)
+        else:
+            # Neutralise any sampling defaults in generation_config.json.
+            gen_kw.update(temperature=None, top_p=None, top_k=None)
+        if first.stop:
+            gen_kw.update(stop_strings=first.stop, tokenizer=tok)
+        if first.json_schema is not None:
+            from xgrammar.contrib.hf import LogitsProcessor
+
+            # Stateful: a fresh one per generate call, one grammar per row.
+            gen_kw["logits_processor"] = [LogitsProcessor(grammars)]
+        with (
+            torch.inference_mode(),
+            torch_threads(self.threads),
+            self._adapter_context(first.adapter),
+        ):
+            out = self._model.generate(**gen_kw)
         elapsed = time.perf_counter() - started
-        new_ids = out.sequences[0, prompt_len:].tolist()
         eos_ids = _eos_ids(self._model, tok)
+        return [
+            self._row_result(req, row, out, width, len(prompt), eos_ids, elapsed, served)
+            for row, (req, prompt) in enumerate(zip(reqs, prompts, strict=True))
+        ]
+
+    def _row_result(
+        self,
+        req: GenerationRequest,
+        row: int,
+        out: Any,
+        width: int,
+        prompt_len: int,
+        eos_ids: set[int],
+        elapsed: float,
+        served: str,
+    ) -> GenerationResult | LLMError:
+        tok = self._tokenizer
+        new_ids = out.sequences[row, width:].tolist()
+        # A row that ended early is padded to the batch's length: cut at its first end token.
+        end = next((i for i, t in enumerate(new_ids) if t in eos_ids), None)
+        new_ids = new_ids[: end + 1] if end is not None else new_ids
+        new_ids = new_ids[: req.max_tokens]
         ended = bool(new_ids) and new_ids[-1] in eos_ids
         text = tok.decode(new_ids, skip_special_tokens=True)
         # As OpenAI servers do: cut at the earliest stop string, which is not part of the output.
@@ -169,7 +270,7 @@ class LocalBackend(LLMBackend):
         if cuts:
             text = text[: min(cuts)]
         if not ended and not stopped_on_string and len(new_ids) < req.max_tokens:
-            raise LLMError(
+            return LLMError(
                 "timeout",
                 f"generation stopped at the {self.timeout_s:g}s limit",
                 url=str(self.model_dir),
@@ -177,7 +278,9 @@ class LocalBackend(LLMBackend):
             )
         top: list[dict[str, float]] = []
         if req.logprob_k > 0:
-            top = _top_logprobs(out.logits, tok, req.logprob_k)
+            top = _top_logprobs(
+                [step[row] for step in out.logits[: len(new_ids)]], tok, req.logprob_k
+            )
         return GenerationResult(
             text=text,
             prompt_tokens=prompt_len,
@@ -190,20 +293,17 @@ class LocalBackend(LLMBackend):
             model=served,
         )
 
-    def _schema_processor(self, schema: dict[str, Any]) -> Any:
-        """A fresh xgrammar logits processor for ``schema`` (one per generate call: it is
-        stateful); compiled grammars are cached. As vLLM compiles them: any whitespace."""
+    def _compiled(self, schema: dict[str, Any]) -> Any:
+        """The schema's xgrammar grammar, compiled once (cached). As vLLM compiles them: any
+        whitespace, properties in the caller's order (not sort_keys: order is part of it)."""
         try:
             import xgrammar as xgr
-            from xgrammar.contrib.hf import LogitsProcessor
         except ImportError as exc:
             raise LLMError(
                 "bad_request",
                 "json_schema needs xgrammar in the local backend (installed by `make install`)",
                 url=str(self.model_dir),
             ) from exc
-
-        # Not sort_keys: property order is part of the grammar (vLLM keeps the caller's order).
         key = json.dumps(schema)
         compiled = self._grammars.get(key)
         if compiled is None:
@@ -223,7 +323,7 @@ class LocalBackend(LLMBackend):
                 self._grammars.popitem(last=False)
         else:
             self._grammars.move_to_end(key)
-        return LogitsProcessor(compiled)
+        return compiled
 
 
 def _eos_ids(model: Any, tok: Any) -> set[int]:
@@ -234,13 +334,26 @@ def _eos_ids(model: Any, tok: Any) -> set[int]:
     return ids
 
 
+def _batch_key(req: GenerationRequest) -> tuple[Any, ...]:
+    """Requests with equal keys can share one ``generate`` call (max_tokens may differ: rows
+    are cut to their own; schemas may differ: one grammar per row)."""
+    return (
+        req.adapter,
+        req.temperature,
+        req.seed if req.temperature > 0 else None,
+        tuple(req.stop or ()),
+        req.logprob_k,
+        req.json_schema is not None,
+    )
+
+
 def _top_logprobs(logits: Any, tok: Any, k: int) -> list[dict[str, float]]:
-    """Top-k log-softmax per generated position, keyed by each token's decoded text."""
+    """Top-k log-softmax per generated position (one row's logits), keyed by token text."""
     import torch
 
     rows: list[dict[str, float]] = []
     for step in logits:
-        values, ids = torch.log_softmax(step[0].float(), dim=-1).topk(k)
+        values, ids = torch.log_softmax(step.float(), dim=-1).topk(k)
         row: dict[str, float] = {}
         for value, tid in zip(values.tolist(), ids.tolist(), strict=True):
             row.setdefault(tok.decode([tid]), value)  # keep the best when two decode alike

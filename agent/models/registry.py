@@ -14,6 +14,9 @@ RECOMMENDERS: dict[str, str] = {
     "text-knn": "agent.models.text_knn:TextKNNRecommender",
     "sasrec-id": "agent.models.sasrec_id:SASRecIDRecommender",
     "sasrec-text": "agent.models.sasrec_text:SASRecTextRecommender",
+    "llm4cdsr": "agent.models.llm4cdsr:LLM4CDSRRecommender",
+    "llm-recg": "agent.models.llm_recg:LLMRecGRecommender",
+    "semacdr": "agent.models.semacdr:SemaCDRRecommender",
 }
 
 

@@ -98,6 +98,11 @@ class ProfileRunStats:
         self.repaired += sum(c.repaired for c in tree.calls())
         self.dropped_evidence += tree.dropped_evidence
 
+    def merge(self, other: ProfileRunStats) -> None:
+        """Add another run's counts and seconds to these."""
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
     def as_dict(self) -> dict[str, Any]:
         fresh = max(1, self.ok - self.cached)
         return {

@@ -1,0 +1,98 @@
+"""Assemble the two-stage system from settings: backend, reranker, profile and rerank caches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from agent.config import Settings
+from agent.llm.backend import LLMBackend
+from agent.llm.factory import make_backend
+from agent.models.base import Recommender
+from agent.pipeline.profile_source import ProfileSource
+from agent.pipeline.rerank_cache import RerankCache
+from agent.pipeline.two_stage import TwoStageRecommender
+from agent.profiles.cache import ProfileCache
+from agent.rerank.registry import make_reranker
+
+
+@dataclass(frozen=True)
+class TwoStageSpec:
+    """One two-stage row: which reranker, with or without the profile in its prompt."""
+
+    reranker: str
+    use_profile: bool = True
+
+    def label(self, retriever: str) -> str:
+        return f"{retriever}+{self.reranker}" + ("" if self.use_profile else "-noprofile")
+
+
+def parse_specs(rerankers: str, *, profile: bool, ablation: bool) -> list[TwoStageSpec]:
+    """``listwise,verbalizer`` -> specs; ``ablation`` adds each without the profile."""
+    names = [n.strip() for n in rerankers.split(",") if n.strip()]
+    variants = [profile, not profile] if ablation else [profile]
+    return [TwoStageSpec(n, use) for n in names for use in variants]
+
+
+class TwoStageFactory:
+    """Builds two-stage recommenders that share one LLM backend and the on-disk caches."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: Literal["local", "openai"] | None = None,
+        embeddings: np.ndarray | None = None,
+    ) -> None:
+        self.settings = settings
+        self.backend: LLMBackend = make_backend(settings, backend)
+        self.embeddings = embeddings
+        self._stack = ExitStack()
+        self.profile_cache = self._stack.enter_context(ProfileCache(settings.profile_cache_dir))
+        self.rerank_cache = self._stack.enter_context(RerankCache(settings.work_dir / "rerank"))
+
+    def build(self, retriever: Recommender, spec: TwoStageSpec) -> TwoStageRecommender:
+        rerank = self.settings.rerank
+        reranker = make_reranker(
+            spec.reranker, self.backend, self.settings, use_profile=spec.use_profile
+        )
+        profiles = (
+            ProfileSource(
+                self.backend,
+                retriever.data,
+                self.settings,
+                self.profile_cache,
+                embeddings=self.embeddings,
+            )
+            if spec.use_profile
+            else None
+        )
+        return TwoStageRecommender(
+            retriever,
+            reranker,
+            top_n=rerank.top_n,
+            profiles=profiles,
+            cache=self.rerank_cache,
+            history_items=rerank.history_items,
+        )
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+@contextmanager
+def two_stage_factory(
+    settings: Settings,
+    *,
+    backend: Literal["local", "openai"] | None = None,
+    embeddings: np.ndarray | None = None,
+) -> Iterator[TwoStageFactory]:
+    factory = TwoStageFactory(settings, backend=backend, embeddings=embeddings)
+    try:
+        yield factory
+    finally:
+        factory.close()

@@ -1,0 +1,62 @@
+"""Rerankers by name, built from settings (one place that knows them all)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from agent.config import RerankSettings, Settings
+from agent.llm.backend import LLMBackend
+from agent.prompts import load_template
+from agent.rerank.base import Reranker
+from agent.rerank.bootstrap import BootstrapReranker
+from agent.rerank.listwise import ListwiseReranker
+from agent.rerank.verbalizer import VerbalizerReranker
+
+RerankerName = Literal["listwise", "verbalizer"]
+RERANKERS: tuple[str, ...] = get_args(RerankerName)
+
+
+def make_reranker(
+    name: str,
+    backend: LLMBackend,
+    settings: Settings | RerankSettings,
+    *,
+    use_profile: bool | None = None,
+    shuffles: int | None = None,
+    seed: int | None = None,
+) -> Reranker:
+    """The reranker ``name`` over ``backend``; keyword arguments override the settings.
+
+    ``shuffles > 0`` wraps it in ``BootstrapReranker`` (seeded by ``seed``, default the
+    settings' seed, else 42).
+    """
+    rerank = settings.rerank if isinstance(settings, Settings) else settings
+    default_seed = settings.seed if isinstance(settings, Settings) else 42
+    common: dict[str, Any] = {
+        "window": rerank.window,
+        "step": rerank.step,
+        "history_items": rerank.history_items,
+        "use_profile": rerank.use_profile if use_profile is None else use_profile,
+        "one_shot": rerank.one_shot,
+        "title_chars": rerank.title_chars,
+        "adapter": rerank.adapter,
+    }
+    reranker: Reranker
+    if name == "listwise":
+        reranker = ListwiseReranker(
+            backend,
+            load_template(rerank.templates.listwise),
+            labels=rerank.listwise_labels,
+            constrained=rerank.constrained,
+            with_reason=rerank.reason,
+            max_tokens=rerank.max_tokens,
+            **common,
+        )
+    elif name == "verbalizer":
+        reranker = VerbalizerReranker(backend, load_template(rerank.templates.verbalizer), **common)
+    else:
+        raise ValueError(f"unknown reranker {name!r}; known: {', '.join(RERANKERS)}")
+    count = rerank.shuffles if shuffles is None else shuffles
+    if count > 0:
+        return BootstrapReranker(reranker, count, seed=default_seed if seed is None else seed)
+    return reranker
