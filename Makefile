@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: install vllm-env llm-prepare run test test-unit lint bench clean
+.PHONY: install vllm-env llm-prepare run test test-unit lint bench bench-methods clean
 
 # torch first, pinned: a looser pin pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml Makefile
@@ -65,6 +65,10 @@ lint: install
 
 bench: install
 	$(BIN)/python -m benchmarks.bench_foundation --data $(DATA) --out runs/bench/foundation.json
+
+# Seconds per epoch and peak RSS of each trained model, each in its own process (EPOCHS=1).
+bench-methods: install
+	$(BIN)/python -m benchmarks.bench_methods --data $(DATA) --epochs $(or $(EPOCHS),1) --out runs/bench/methods.json
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .mypy_cache .ruff_cache

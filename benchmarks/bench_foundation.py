@@ -21,7 +21,6 @@ Peak RSS (``resource.getrusage``) is recorded after each stage and at the end. N
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import resource
@@ -29,10 +28,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+import typer
 
 from agent.config import Settings, load_settings
 from agent.data.loader import load_dataset
@@ -45,6 +46,24 @@ log = logging.getLogger("benchmarks.foundation")
 
 STAGES = ("embed", "index", "retrieval", "train", "eval")
 TRAINED = ("sasrec-id", "sasrec-text")
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@dataclass
+class BenchArgs:
+    """The command line, as recorded in the output's ``params``."""
+
+    out: Path
+    data: Path | None = None
+    config: Path | None = None
+    set_items: list[str] = field(default_factory=list)
+    stages: str = ",".join(STAGES)
+    items: int = 0
+    queries: int = 200
+    top_n: int = 100
+    epochs: int = 1
+    log_level: str = "INFO"
 
 
 def peak_rss_mb() -> float:
@@ -73,7 +92,7 @@ def percentiles_ms(seconds: list[float]) -> dict[str, float]:
 
 
 class Bench:
-    def __init__(self, settings: Settings, data: Dataset, args: argparse.Namespace) -> None:
+    def __init__(self, settings: Settings, data: Dataset, args: BenchArgs) -> None:
         self.settings = settings
         self.data = data
         self.args = args
@@ -201,27 +220,30 @@ def run_stage(name: str, fn: Callable[[], dict[str, Any]], results: dict[str, An
     results[name]["peak_rss_mb_after"] = peak_rss_mb()
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks.bench_foundation",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+@app.command()
+def main(
+    out: Annotated[Path, typer.Option(help="JSON file to write")],
+    data: Annotated[Path | None, typer.Option(help="data folder (data.path)")] = None,
+    config: Annotated[Path | None, typer.Option(help="settings file")] = None,
+    set_items: Annotated[
+        list[str] | None, typer.Option("--set", help="key=value (repeatable)")
+    ] = None,
+    stages: Annotated[str, typer.Option(help=f"comma list of {STAGES}")] = ",".join(STAGES),
+    items: Annotated[int, typer.Option(help="embed/index a seeded sample (0 = all)")] = 0,
+    queries: Annotated[int, typer.Option(help="retrieval queries")] = 200,
+    top_n: Annotated[int, typer.Option(help="retrieval depth")] = 100,
+    epochs: Annotated[int, typer.Option(help="training epochs per model")] = 1,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR")] = "INFO",
+) -> None:
+    """Embedding + index throughput, retrieval latency, training and eval speed (see the
+    module docstring)."""
+    args = BenchArgs(
+        out, data, config, list(set_items or []), stages, items, queries, top_n, epochs, log_level
     )
-    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    p.add_argument("--data", type=Path, default=None, help="data folder (data.path)")
-    p.add_argument("--config", type=Path, default=None, help="settings file")
-    p.add_argument("--set", dest="set_items", action="append", default=[], help="key=value")
-    p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {STAGES}")
-    p.add_argument("--items", type=int, default=0, help="embed/index a seeded sample (0 = all)")
-    p.add_argument("--queries", type=int, default=200, help="retrieval queries")
-    p.add_argument("--top-n", type=int, default=100, help="retrieval depth")
-    p.add_argument("--epochs", type=int, default=1, help="training epochs per model")
-    p.add_argument("--log-level", default="INFO")
-    return p.parse_args(argv)
+    raise typer.Exit(code=run(args))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: BenchArgs) -> int:
     setup_logging(args.log_level)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = sorted(set(stages) - set(STAGES))
@@ -257,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.index.drop()  # a server outlives the run: remove the benchmark's collection
     payload = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "argv": sys.argv[1:] if argv is None else argv,
-        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "argv": sys.argv[1:],
+        "params": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()},
         **run_info(),
         "stages": results,
         "peak_rss_mb": peak_rss_mb(),
@@ -272,4 +294,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    app()

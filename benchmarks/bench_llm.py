@@ -11,13 +11,14 @@ Cases: vLLM sequential (base, adapter), vLLM concurrent batch (base), local sequ
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from agent.config import load_settings
 from agent.llm.backend import LLMBackend, LLMError
@@ -28,6 +29,8 @@ from agent.llm.vllm_server import VLLMServer
 from agent.logging_setup import setup_logging
 
 log = logging.getLogger("recbridge.bench")
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def _prompt(data_dir: Path, n_titles: int = 14) -> str:
@@ -63,30 +66,28 @@ def _measure(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--adapter", required=True, help="NAME=DIR of a LoRA adapter")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/llm.json"))
-    parser.add_argument("--requests", type=int, default=4)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--threads", default="1,2", help="local backend torch threads to try")
-    parser.add_argument("--config", type=Path)
-    parser.add_argument("--set", dest="set_items", action="append", default=[])
-    args = parser.parse_args()
+@app.command(help=(__doc__ or "").splitlines()[0])
+def main(
+    adapter: Annotated[str, typer.Option(help="NAME=DIR of a LoRA adapter")],
+    out: Annotated[Path, typer.Option()] = Path("runs/bench/llm.json"),
+    requests: Annotated[int, typer.Option()] = 4,
+    max_tokens: Annotated[int, typer.Option()] = 64,
+    threads: Annotated[str, typer.Option(help="local backend torch threads to try")] = "1,2",
+    config: Annotated[Path | None, typer.Option()] = None,
+    set_items: Annotated[list[str] | None, typer.Option("--set")] = None,
+) -> None:
     setup_logging("INFO")
-    name, _, adapter_dir = args.adapter.partition("=")
+    name, _, adapter_dir = adapter.partition("=")
     settings = load_settings(
-        args.config,
+        config,
         overrides={"llm.adapters": {name: str(Path(adapter_dir).resolve())}},
-        set_items=args.set_items,
+        set_items=list(set_items or []),
     )
     prompt = _prompt(Path(settings.data.path))
 
-    def reqs(adapter: str | None, n: int = args.requests) -> list[GenerationRequest]:
+    def reqs(lora: str | None, n: int = requests) -> list[GenerationRequest]:
         return [
-            GenerationRequest.from_prompt(
-                f"{prompt} ({i})", max_tokens=args.max_tokens, adapter=adapter
-            )
+            GenerationRequest.from_prompt(f"{prompt} ({i})", max_tokens=max_tokens, adapter=lora)
             for i in range(n)
         ]
 
@@ -99,25 +100,25 @@ def main() -> None:
         vllm.generate(reqs(None, 1)[0])  # warm-up: the first request pays one-off costs
         cases["vllm_base_seq"] = _measure(vllm, reqs(None), 1)
         cases["vllm_adapter_seq"] = _measure(vllm, reqs(name), 1)
-        cases["vllm_base_batch"] = _measure(vllm, reqs(None, args.requests * 2), 8)
-    for threads in (int(t) for t in args.threads.split(",")):
+        cases["vllm_base_batch"] = _measure(vllm, reqs(None, requests * 2), 8)
+    for n_threads in (int(t) for t in threads.split(",")):
         local = LocalBackend(
             settings.llm_model_dir,
             settings.llm.model,
             adapters=settings.llm.adapters,
-            threads=threads,
+            threads=n_threads,
             timeout_s=600,
         )
         local.generate(reqs(None, 1)[0])
-        cases[f"local_t{threads}_base_seq"] = _measure(local, reqs(None), 1)
-        cases[f"local_t{threads}_adapter_seq"] = _measure(local, reqs(name), 1)
+        cases[f"local_t{n_threads}_base_seq"] = _measure(local, reqs(None), 1)
+        cases[f"local_t{n_threads}_adapter_seq"] = _measure(local, reqs(name), 1)
     report["load_avg_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     for case, row in cases.items():
         log.info("%-22s %s", case, {k: row[k] for k in ("s_per_request", "new_tokens_per_s")})
-    log.info("written %s", args.out)
+    log.info("written %s", out)
 
 
 if __name__ == "__main__":
-    main()
+    app()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 
 from agent.cli.common import UserError, console, handles_user_errors, log, state
+from agent.cli.train_cmd import parse_transfer
 from agent.config import Settings
 from agent.data.loader import load_dataset
 from agent.llm.backend import LLMError
@@ -21,11 +23,25 @@ from eval.compare import TwoStagePlan, compare_models
 from eval.evaluator import EvalError
 from eval.modelprep import ModelNotReady
 from eval.report import print_table
+from eval.transfer import (
+    TransferError,
+    annotate_report,
+    apply_transfer,
+    prepare_checkpoints,
+    transfer_settings,
+)
 from eval.two_stage import cost_table
 
 DEFAULT_MODELS = "popularity,text-knn,sasrec-id,sasrec-text"
 # Problems the user can fix: one line, exit 2 (user_errors handles the shared ones).
-EVAL_ERRORS = (UnknownModelError, ModelNotReady, CandidatesError, EvalError, ImportError)
+EVAL_ERRORS = (
+    UnknownModelError,
+    ModelNotReady,
+    CandidatesError,
+    EvalError,
+    TransferError,
+    ImportError,
+)
 LLM_ERRORS = (LLMError, ModelFilesError, PromptError)
 
 
@@ -113,8 +129,21 @@ def register(app: typer.Typer) -> None:
         ] = False,
         backend: Annotated[str | None, typer.Option(help="LLM: local or openai.")] = None,
         url: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL.")] = None,
+        transfer: Annotated[
+            str | None,
+            typer.Option(
+                help="Zero-shot SOURCE:TARGET: models trained on SOURCE sequences only "
+                "(checkpoints MODEL@zeroshot-SOURCE-TARGET), TARGET test users (default: "
+                "in-domain).",
+            ),
+        ] = None,
+        history_from: Annotated[
+            str,
+            typer.Option(help="Zero-shot test histories: target or source items."),
+        ] = "target",
     ) -> None:
         """Evaluate recommenders on the same seeded candidates; writes JSON, Markdown, PNG."""
+        spec = parse_transfer(transfer, history_from)
         overrides: dict[str, Any] = {
             "data.path": str(data) if data else None,
             "eval.protocol": protocol,
@@ -137,7 +166,22 @@ def register(app: typer.Typer) -> None:
             else None
         )
         try:
-            dataset = load_dataset(settings.data)
+            full = load_dataset(settings.data)
+            dataset, dropped = apply_transfer(full, spec)
+            fits: dict[str, Any] = {}
+            if spec.zero_shot:
+                settings = transfer_settings(settings, spec)
+                ckpts, fits = prepare_checkpoints(
+                    full,
+                    dataset,
+                    settings,
+                    [*names, *([plan.retriever] if plan else [])],
+                    spec,
+                    ckpts,
+                    train_missing=train_missing,
+                )
+                if out is None and name is None:  # never mixed up with an in-domain report
+                    name = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{spec.tag}"
             run = compare_models(
                 dataset,
                 settings,
@@ -151,8 +195,11 @@ def register(app: typer.Typer) -> None:
             )
         except (*EVAL_ERRORS, *LLM_ERRORS) as exc:
             raise UserError(str(exc)) from None
+        paths = run.paths
+        annotate_report(
+            paths.json, paths.markdown, {**dropped.to_dict(), "trained": fits}, spec.label
+        )
         print_table(run.results, run.evaluator.ks, console)
         if run.two_stage:
             console.print(cost_table(run.two_stage))
-        paths = run.paths
         log.info("results: %s (table %s, chart %s)", paths.json, paths.markdown, paths.png)

@@ -14,6 +14,7 @@ from agent.data.loader import load_dataset
 from agent.models.base import Recommender
 from agent.models.checkpoint import FIT_REPORT_FILE
 from agent.models.registry import UnknownModelError, recommender_class
+from eval.transfer import Transfer, TransferError
 
 
 def _check_device(device: str | None) -> None:
@@ -21,6 +22,14 @@ def _check_device(device: str | None) -> None:
         return
     if device != "cpu" and device != "cuda" and not device.startswith("cuda:"):
         raise UserError(f"--device {device!r}: expected cpu or cuda")
+
+
+def parse_transfer(transfer: str | None, history_from: str) -> Transfer:
+    """``--transfer SOURCE:TARGET`` + ``--history-from``; a bad value is a one-line UserError."""
+    try:
+        return Transfer.parse(transfer, history_from)
+    except TransferError as exc:
+        raise UserError(str(exc)) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -39,9 +48,24 @@ def register(app: typer.Typer) -> None:
         epochs: Annotated[int | None, typer.Option(help="Most epochs (train.epochs).")] = None,
         seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
         device: Annotated[str | None, typer.Option(help="cpu or cuda (train.device).")] = None,
+        transfer: Annotated[
+            str | None,
+            typer.Option(
+                help="Zero-shot SOURCE:TARGET: train on SOURCE sequences only, early stopping "
+                "on SOURCE valid users (default: in-domain).",
+            ),
+        ] = None,
+        history_from: Annotated[
+            str,
+            typer.Option(
+                help="Zero-shot test histories: target or source items (recorded; training "
+                "does not depend on it).",
+            ),
+        ] = "target",
     ) -> None:
         """Train MODEL with early stopping on valid NDCG@10; write checkpoint + fit report."""
         _check_device(device)
+        spec = parse_transfer(transfer, history_from)
         overrides: dict[str, Any] = {
             "data.path": str(data) if data else None,
             "train.epochs": epochs,
@@ -57,17 +81,25 @@ def register(app: typer.Typer) -> None:
             log.info("%s has nothing to train (it scores at query time): no checkpoint", model)
             return
 
-        from eval.evaluator import make_valid_fn  # heavy imports only when training
-        from eval.modelprep import default_checkpoint
+        from eval.evaluator import EvalError, make_valid_fn  # heavy imports only when training
+        from eval.transfer import apply_transfer, checkpoint_path, selection_data, transfer_settings
 
-        out = out or default_checkpoint(settings, model)
-        dataset = load_dataset(settings.data)
+        out = out or checkpoint_path(settings, model, spec)
+        full = load_dataset(settings.data)
+        try:
+            dataset, dropped = apply_transfer(full, spec)
+            if spec.zero_shot and not dropped.users_kept["train"]:
+                raise TransferError(f"{spec.label}: no train row has 2 {spec.source} items")
+            settings = transfer_settings(settings, spec)
+            valid_fn = make_valid_fn(selection_data(full, spec), settings)
+        except (TransferError, EvalError) as exc:
+            raise UserError(str(exc)) from None
         rec = cls(dataset, settings)
-        valid_fn = make_valid_fn(dataset, settings)
         log.info(
-            "training %s on %s (early stopping: valid NDCG@10, %s) -> %s",
+            "training %s on %s, %s (early stopping: valid NDCG@10, %s) -> %s",
             model,
             settings.data.path,
+            spec.label,
             settings.eval.valid_protocol,
             out,
         )
@@ -80,6 +112,7 @@ def register(app: typer.Typer) -> None:
             seed=settings.seed,
             valid_protocol=settings.eval.valid_protocol,
             train=settings.train.model_dump(),
+            transfer=dropped.to_dict(),
         )
         report_path = out / FIT_REPORT_FILE
         report_path.write_text(json.dumps(body, indent=1), encoding="utf-8")

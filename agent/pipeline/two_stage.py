@@ -180,6 +180,14 @@ class TwoStageRecommender(Recommender):
             self.stats.add(result, cached=hit is not None)
             results.append(result)
         self.results.extend(results)
+        # Progress that also reaches a log file (the evaluator's bar shows only on a terminal).
+        log.info(
+            "%s: %d users reranked (%d from cache, %d fallbacks so far)",
+            self._describe["reranker"],
+            self.stats.users,
+            self.stats.cached,
+            self.stats.fallbacks,
+        )
         return results
 
     async def _profile_texts(self, histories: Sequence[Sequence[str]]) -> list[str | None]:

@@ -1,0 +1,342 @@
+"""Training cost of each trained model: seconds per epoch and peak memory, one process per model.
+
+    python -m benchmarks.bench_methods --out runs/bench/methods.json [--epochs 1] [--data DIR]
+        [--models sasrec-id,sasrec-text,llm4cdsr,llm-recg-sasrec,llm-recg-gru4rec,semacdr]
+        [--device cpu|cuda] [--timeout-s 3600] [--config FILE] [--set key=value ...]
+
+Models (``VARIANTS``: registry name + the settings it runs with):
+
+- ``sasrec-id``, ``sasrec-text``: the baselines.
+- ``llm4cdsr``: the full method (contrastive regularization, both domain threads, the profile
+  term on the train users with a cached profile).
+- ``llm-recg-sasrec``, ``llm-recg-gru4rec``: LLM-RecG on each backbone; the fusion phase runs
+  ``--epochs`` epochs too and is timed apart (``fusion_s_per_epoch``).
+- ``semacdr``: with ``methods.semantics.max_items=0``: the cached LLM views only, no LLM call.
+
+Each model is trained for ``--epochs`` epochs on the whole train split of ``--data`` (no early
+stopping, no validation) in its OWN subprocess, so its peak resident memory is its own: the
+peak RSS is the child's ``VmHWM`` (/proc/self/status: the high-water mark of this process's
+memory map, which ``ru_maxrss`` is not after fork + exec), with the RSS after loading the data
+beside it; on CUDA also ``torch.cuda.max_memory_allocated``. Seconds per epoch are the
+trainer's own (the batches, not the data loading or model set-up, which are timed apart). A
+model that fails is recorded with its error and the others go on; the exit code is then 1.
+
+Writes ``--out`` (JSON: results, settings, git commit, host) and the same path with ``.md`` (a
+Markdown table); each child's log goes to ``<out stem>.logs/<model>.log``. Not a test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from agent.config import Settings, load_settings
+from agent.logging_setup import setup_logging
+from eval.runinfo import run_info
+
+log = logging.getLogger("benchmarks.methods")
+
+# variant -> (registry name, --set items that make the variant; they win over the user's --set)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "sasrec-id": ("sasrec-id", []),
+    "sasrec-text": ("sasrec-text", []),
+    "llm4cdsr": ("llm4cdsr", []),
+    "llm-recg-sasrec": ("llm-recg", ["methods.llm_recg.backbone=sasrec"]),
+    "llm-recg-gru4rec": ("llm-recg", ["methods.llm_recg.backbone=gru4rec"]),
+    "semacdr": ("semacdr", ["methods.semantics.max_items=0"]),
+}
+DEFAULT_OUT = Path("runs/bench/methods.json")
+LOG_TAIL_LINES = 15
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM) in MB; ru_maxrss where /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def current_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the parent passes on to every child (its own command line, minus --models)."""
+
+    data: Path | None
+    epochs: int
+    device: str | None
+    config: Path | None
+    set_items: list[str]
+    log_level: str
+
+    def argv(self) -> list[str]:
+        out = ["--epochs", str(self.epochs), "--log-level", self.log_level]
+        if self.data is not None:
+            out += ["--data", str(self.data)]
+        if self.device is not None:
+            out += ["--device", self.device]
+        if self.config is not None:
+            out += ["--config", str(self.config)]
+        for item in self.set_items:
+            out += ["--set", item]
+        return out
+
+    def settings(self, variant: str | None = None) -> Settings:
+        overrides: dict[str, Any] = {
+            "data.path": str(self.data) if self.data else None,
+            "train.epochs": self.epochs,
+            "train.device": self.device,
+            # LLM-RecG's second phase (W_f alone) is timed over as many epochs as the first.
+            "methods.llm_recg.fusion_epochs": self.epochs,
+        }
+        extra = VARIANTS[variant][1] if variant else []
+        return load_settings(self.config, overrides=overrides, set_items=[*self.set_items, *extra])
+
+
+def _phase_seconds(history: list[dict[str, float]], fusion: bool) -> list[float]:
+    return [
+        e["seconds"]
+        for e in history
+        if "seconds" in e and (e.get("phase", 1.0) == 2.0) == fusion and e.get("epoch", 0) > 0
+    ]
+
+
+def _parameters(model: Any) -> int | None:
+    from torch import nn
+
+    nets = [v for v in vars(model).values() if isinstance(v, nn.Module)]
+    if not nets:
+        return None
+    return sum(p.numel() for net in nets for p in net.parameters() if p.requires_grad)
+
+
+def measure(variant: str, options: Options) -> dict[str, Any]:
+    """In the child: load the data, build the model, train it; times and memory."""
+    from agent.data.loader import load_dataset
+    from agent.models.registry import build_recommender
+
+    name = VARIANTS[variant][0]
+    settings = options.settings(variant)
+    started = time.perf_counter()
+    data = load_dataset(settings.data)
+    loaded = time.perf_counter()
+    rss_data = current_rss_mb()
+    model = build_recommender(name, data, settings)
+    with tempfile.TemporaryDirectory(prefix="recbridge-bench-methods-") as tmp:
+        fit_start = time.perf_counter()
+        report = model.fit(valid_fn=None, out=Path(tmp) / variant)
+        fit_seconds = time.perf_counter() - fit_start
+    phase1 = _phase_seconds(report.history, fusion=False)
+    fusion = _phase_seconds(report.history, fusion=True)
+    out: dict[str, Any] = {
+        "model": variant,
+        "registry_name": name,
+        "variant_settings": VARIANTS[variant][1],
+        "status": "ok",
+        "epochs": len(phase1),
+        "s_per_epoch": sum(phase1) / len(phase1) if phase1 else None,
+        "fusion_epochs": len(fusion),
+        "fusion_s_per_epoch": sum(fusion) / len(fusion) if fusion else None,
+        "fit_seconds": fit_seconds,
+        "setup_seconds": fit_start - loaded,  # model build: embeddings, PCA, LLM views ...
+        "load_seconds": loaded - started,
+        "train_users": sum(1 for _ in data.iter_split("train")),
+        "items": len(data.items),
+        "parameters": _parameters(model),
+        "device": settings.train.device,
+        "threads": settings.train.threads,
+        "rss_after_data_mb": rss_data,
+        "peak_rss_mb": peak_rss_mb(),
+        "history": report.history,
+    }
+    if settings.train.device.startswith("cuda"):
+        import torch
+
+        out["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def run_child(variant: str, options: Options, log_dir: Path, timeout_s: float) -> dict[str, Any]:
+    """``measure(variant)`` in a fresh interpreter; its result, or why there is none."""
+    log_path = log_dir / f"{variant}.log"
+    with tempfile.TemporaryDirectory(prefix="recbridge-bench-methods-") as tmp:
+        result_path = Path(tmp) / "result.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_methods",
+            *options.argv(),
+            "--worker",
+            variant,
+            "--result",
+            str(result_path),
+        ]
+        log.info(
+            "%s: training %d epoch(s) in a subprocess (log %s)", variant, options.epochs, log_path
+        )
+        started = time.perf_counter()
+        with log_path.open("w", encoding="utf-8") as log_file:
+            try:
+                done = subprocess.run(
+                    cmd, stdout=log_file, stderr=subprocess.STDOUT, timeout=timeout_s, check=False
+                )
+                code: int | str = done.returncode
+            except subprocess.TimeoutExpired:
+                code = f"timeout after {timeout_s:.0f} s"
+        wall = time.perf_counter() - started
+        if code == 0 and result_path.is_file():
+            result: dict[str, Any] = json.loads(result_path.read_text(encoding="utf-8"))
+        else:
+            tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+            result = {
+                "model": variant,
+                "registry_name": VARIANTS[variant][0],
+                "status": "failed",
+                "error": f"exit {code}",
+                "log_tail": tail[-LOG_TAIL_LINES:],
+            }
+    result["process_seconds"] = wall
+    result["log"] = str(log_path)
+    return result
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def markdown_table(results: list[dict[str, Any]], header: str) -> str:
+    lines = [
+        header,
+        "",
+        "| model | epochs | s/epoch | fusion s/epoch | fit s | set-up s | peak RSS MB "
+        "| RSS after data MB | parameters | device | status |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in results:
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error', '')}"
+        device = r.get("device", "–")
+        if r.get("cuda_peak_allocated_mb") is not None:
+            device = f"{device} (peak {r['cuda_peak_allocated_mb']:.0f} MB allocated)"
+        lines.append(
+            f"| {r['model']} | {_num(r.get('epochs'), 'd')} | {_num(r.get('s_per_epoch'), '.2f')} "
+            f"| {_num(r.get('fusion_s_per_epoch'), '.2f')} | {_num(r.get('fit_seconds'), '.1f')} "
+            f"| {_num(r.get('setup_seconds'), '.1f')} | {_num(r.get('peak_rss_mb'), '.0f')} "
+            f"| {_num(r.get('rss_after_data_mb'), '.0f')} | {_num(r.get('parameters'), ',d')} "
+            f"| {device} | {status} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+def main(
+    out: Annotated[Path, typer.Option(help="JSON file to write (the table: same path, .md).")] = (
+        DEFAULT_OUT
+    ),
+    data: Annotated[Path | None, typer.Option(help="Data folder (data.path).")] = None,
+    models: Annotated[str, typer.Option(help=f"Comma list of {', '.join(VARIANTS)}.")] = ",".join(
+        VARIANTS
+    ),
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs per model.")] = 1,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (train.device).")] = None,
+    timeout_s: Annotated[float, typer.Option(help="Time limit per model, seconds.")] = 3600.0,
+    config: Annotated[Path | None, typer.Option(help="Settings file.")] = None,
+    set_items: Annotated[
+        list[str] | None, typer.Option("--set", help="section.key=value (repeatable).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING, ERROR.")] = "INFO",
+    worker: Annotated[str | None, typer.Option(hidden=True)] = None,
+    result: Annotated[Path | None, typer.Option(hidden=True)] = None,
+) -> None:
+    """Training seconds per epoch and peak memory of each model, each in its own process."""
+    setup_logging(log_level)
+    options = Options(data, epochs, device, config, list(set_items or []), log_level)
+    if worker is not None:  # the child: one model, result to --result
+        if result is None or worker not in VARIANTS:
+            raise typer.BadParameter("--worker needs a known model and --result")
+        result.write_text(json.dumps(measure(worker, options), indent=1), encoding="utf-8")
+        return
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in VARIANTS]
+    if unknown or not names:
+        raise typer.BadParameter(
+            f"unknown {', '.join(unknown) or 'none given'}; choose from {', '.join(VARIANTS)}",
+            param_hint="--models",
+        )
+    settings = options.settings()  # fails here, once, on a bad --set or --config
+    log_dir = out.parent / f"{out.stem}.logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results = []
+    for name in names:
+        row = run_child(name, options, log_dir, timeout_s)
+        results.append(row)
+        if row["status"] == "ok":
+            log.info(
+                "%s: %.2f s/epoch, peak RSS %.0f MB (%.0f MB after loading the data)",
+                name,
+                row["s_per_epoch"] or float("nan"),
+                row["peak_rss_mb"],
+                row["rss_after_data_mb"],
+            )
+        else:
+            log.error("%s failed (%s); log %s", name, row.get("error"), row["log"])
+    info = run_info()
+    payload = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": sys.argv[1:],
+        "params": {
+            "data": str(settings.data.path),
+            "models": names,
+            "epochs": epochs,
+            "device": settings.train.device,
+            "timeout_s": timeout_s,
+            "config": str(config) if config else None,
+            "set_items": options.set_items,
+        },
+        **info,
+        "load_avg": os.getloadavg(),
+        "results": results,
+        "total_seconds": time.perf_counter() - started,
+        "settings": settings.model_dump(mode="json"),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    header = (
+        f"Training cost on `{settings.data.path}`, {epochs} epoch(s) per model, each model in its "
+        f"own process (peak RSS = VmHWM of that process), train.threads "
+        f"{settings.train.threads}, load average at the end {os.getloadavg()[0]:.1f}."
+    )
+    md = out.with_suffix(".md")
+    md.write_text(markdown_table(results, header), encoding="utf-8")
+    log.info("benchmark written to %s and %s", out, md)
+    if any(r["status"] != "ok" for r in results):
+        raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":
+    app()
