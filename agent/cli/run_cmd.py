@@ -26,6 +26,7 @@ from agent.data.schema import Dataset, UserSequence
 from agent.data.stats import compute_stats
 from agent.items.embedder import make_embedder
 from agent.items.embeddings import item_embeddings
+from agent.llm.model_files import prepare_model
 from agent.models.base import Recommender
 from agent.models.text_knn import TextKNNRecommender
 from agent.pipeline.build import two_stage_factory
@@ -125,6 +126,9 @@ def rerank_sample(
     """The best model as retriever, alone and with each reranker, on ``users`` seeded test
     users (same candidates as the main table); then the first of them end to end."""
     name = plan.retriever
+    if (plan.backend or settings.llm.backend) == "local" and settings.llm.model_dir is None:
+        # The embedded default: convert the packaged model on first use (once, ~20-60 s).
+        prepare_model(settings.llm_model_dir)
     evaluator = RankingEvaluator(dataset, settings, users=users)
     log.info("two-stage: %s + %s on %d test users", name, rerankers_of(plan), len(evaluator.users))
     with two_stage_factory(settings, backend=plan.backend, embeddings=embeddings) as factory:

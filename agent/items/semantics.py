@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -40,13 +39,13 @@ from agent.items.text import cut, renderer_for
 from agent.llm.backend import LLMBackend, LLMError
 from agent.llm.types import GenerationRequest
 from agent.prompts import PromptTemplate, load_template
+from agent.sqlite_store import SQLiteStore
 
 log = logging.getLogger(__name__)
 
 View = Literal["agnostic", "specific"]
 VIEWS: tuple[View, ...] = ("agnostic", "specific")
 CACHE_FILE = "semantics.sqlite3"
-_CHUNK = 500  # keys per SELECT ... IN (...)
 
 
 def semantics_key(item_text: str, template_sha256: str, model: str) -> str:
@@ -54,30 +53,23 @@ def semantics_key(item_text: str, template_sha256: str, model: str) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-class SemanticsCache:
+class SemanticsCache(SQLiteStore):
     """``key -> description`` in one sqlite file (WAL); ``put_many`` is one transaction.
-    Use it as ``with closing(SemanticsCache(dir)) as cache``."""
+    Use it as ``with closing(SemanticsCache(dir)) as cache`` (or ``with SemanticsCache(dir)``)."""
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / CACHE_FILE
-        self._db = sqlite3.connect(self.path, timeout=60.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        with self._db:
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS semantics (key TEXT PRIMARY KEY, item_id TEXT,"
-                " view TEXT, model TEXT, template_sha256 TEXT, text TEXT NOT NULL, created REAL)"
-            )
+        super().__init__(
+            directory,
+            CACHE_FILE,
+            "semantics",
+            "CREATE TABLE IF NOT EXISTS semantics (key TEXT PRIMARY KEY, item_id TEXT,"
+            " view TEXT, model TEXT, template_sha256 TEXT, text TEXT NOT NULL, created REAL)",
+            timeout=60.0,
+        )
 
     def get_many(self, keys: Iterable[str]) -> dict[str, str]:
-        wanted = list(dict.fromkeys(keys))
-        found: dict[str, str] = {}
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT key, text FROM semantics WHERE key IN ({marks})"
-            found.update(self._db.execute(sql, chunk).fetchall())
-        return found
+        sql = "SELECT key, text FROM semantics WHERE key IN ({marks})"
+        return dict(self.select_in(sql, list(dict.fromkeys(keys))))
 
     def put_many(self, rows: Sequence[tuple[str, str, str, str, str, str]]) -> None:
         """Rows of (key, item_id, view, model, template_sha256, text)."""
@@ -87,12 +79,6 @@ class SemanticsCache:
                 "INSERT OR REPLACE INTO semantics VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(*row, now) for row in rows],
             )
-
-    def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM semantics").fetchone()[0])
-
-    def close(self) -> None:
-        self._db.close()
 
 
 @dataclass

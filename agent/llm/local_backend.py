@@ -216,7 +216,8 @@ class LocalBackend(LLMBackend):
             "return_dict_in_generate": True,
             "output_logits": first.logprob_k > 0,  # raw logits, as vLLM's logprobs
             "pad_token_id": tok.pad_token_id,
-            "max_time": self.timeout_s,
+            # The per-request limit, for the whole batch: as long as running them one by one.
+            "max_time": self.timeout_s * len(reqs),
         }
         if first.temperature > 0:
             gen_kw["temperature"] = first.temperature
@@ -272,7 +273,7 @@ class LocalBackend(LLMBackend):
         if not ended and not stopped_on_string and len(new_ids) < req.max_tokens:
             return LLMError(
                 "timeout",
-                f"generation stopped at the {self.timeout_s:g}s limit",
+                f"generation stopped at the time limit ({self.timeout_s:g}s per request)",
                 url=str(self.model_dir),
                 model=served,
             )

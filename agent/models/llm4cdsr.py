@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agent.config import Settings
@@ -48,10 +47,10 @@ from agent.data.schema import Dataset
 from agent.models.base import FitReport, ValidFn
 from agent.models.losses import contrastive_regularization
 from agent.models.method_base import MethodNet, MethodRecommender
-from agent.models.method_training import TrainRows, next_item_logits, train_rows
+from agent.models.method_training import TrainRows, train_rows
 from agent.models.sasrec import SASRec
 from agent.models.sasrec_text import TextItemEncoder
-from agent.models.training import DomainNegativeSampler
+from agent.models.training import DomainNegativeSampler, bce_loss, next_item_logits
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +174,7 @@ class LLM4CDSRRecommender(MethodRecommender):
 
         def step(x: Tensor, y: Tensor, r: Tensor) -> dict[str, Tensor]:
             pos, neg, hidden = net.rec_logits(x, y, sampler.sample(y, k, gen))
-            rec = F.softplus(-pos).mean() + F.softplus(neg).sum(-1).mean()
+            rec = bce_loss(pos, neg)
             parts = {"rec": rec}
             if pair:  # one random A item and one random B item per user with both
                 seq = torch.cat([x[:, :1], y], dim=1)

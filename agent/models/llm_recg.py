@@ -39,10 +39,10 @@ from agent.models.base import FitReport, ValidFn
 from agent.models.gru4rec import GRU4Rec
 from agent.models.losses import bpr_loss, generalization_loss
 from agent.models.method_base import MethodNet, MethodRecommender
-from agent.models.method_training import TrainRows, next_item_logits, train_rows
+from agent.models.method_training import TrainRows, train_rows
 from agent.models.sasrec import SASRec
 from agent.models.sasrec_text import TextItemEncoder
-from agent.models.training import DomainNegativeSampler
+from agent.models.training import DomainNegativeSampler, next_item_logits
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""SASRec (Kang & McAuley, ICDM 2018), with a pluggable item encoder, and the ``Recommender``
-wrapper that the ID and text variants share.
+"""SASRec (Kang & McAuley, ICDM 2018), with a pluggable item encoder; the ``Recommender``
+wrapper that the ID and text variants share; and its base, ``NeuralRecommender``, that serves
+any network scoring by user vector x item vector (the methods' networks too).
 
 Network, as in the paper (and its reference TF code):
 
@@ -29,7 +30,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -144,7 +145,22 @@ class SASRecBlock(nn.Module):
         return x * keep
 
 
-class SASRec(nn.Module):
+class ScoringNet(nn.Module, ABC):
+    """A network that scores an item after a history as <user vector, item vector>; it reads
+    the last ``max_len`` items of a history."""
+
+    max_len: int
+
+    @abstractmethod
+    def user_vectors(self, ids: Tensor) -> Tensor:
+        """(B, N) left-padded histories -> (B, U) user vectors."""
+
+    @abstractmethod
+    def item_vectors(self) -> Tensor:
+        """(num_items + 1, U): row i scores dense item i (row 0, padding, is never scored)."""
+
+
+class SASRec(ScoringNet):
     """The SASRec backbone: ids (B, N), left-padded with 0 -> hidden states (B, N, hidden)."""
 
     def __init__(
@@ -205,6 +221,12 @@ class SASRec(nn.Module):
         out: Tensor = self(ids)
         return out[:, -1, :]
 
+    def user_vectors(self, ids: Tensor) -> Tensor:
+        return self.last_hidden(ids)
+
+    def item_vectors(self) -> Tensor:
+        return self.items.all_items()
+
 
 def left_pad(seqs: Sequence[Sequence[int]], length: int) -> np.ndarray:
     """Keep each sequence's last ``length`` ids, right-aligned, zeros before them."""
@@ -216,12 +238,17 @@ def left_pad(seqs: Sequence[Sequence[int]], length: int) -> np.ndarray:
     return out
 
 
-class SASRecRecommender(Recommender):
-    """A SASRec network behind the ``Recommender`` interface; subclasses pick the item encoder.
+NetT = TypeVar("NetT", bound=ScoringNet)
 
-    The network is built lazily (text variants need the item embeddings first) with the
-    settings' seed, without touching the global RNG state. ``load`` rebuilds it from the
-    checkpoint's own config, so a checkpoint scores the same under any current settings.
+
+class NeuralRecommender(Recommender, Generic[NetT]):
+    """A ``ScoringNet`` behind the ``Recommender`` interface: the SASRec variants and the
+    methods' networks (agent/models/method_base.py).
+
+    The network is built lazily (text variants need the item embeddings first) from a JSON
+    config, with the config's seed, without touching the global RNG state. ``save`` writes the
+    config beside the weights and ``load`` rebuilds the network from the checkpoint's own
+    config, so a checkpoint scores the same under any current settings.
     """
 
     trainable = True
@@ -233,87 +260,74 @@ class SASRecRecommender(Recommender):
         self.device = torch.device(settings.train.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("train.device is cuda but no CUDA device is available")
-        self._net: SASRec | None = None
+        self._net: NetT | None = None
         self._config: dict[str, Any] | None = None
 
-    # ---- what a variant provides -------------------------------------------------------
+    # ---- what a model provides -----------------------------------------------------------
     @abstractmethod
-    def encoder_config(self) -> dict[str, Any]:
-        """What ``build_encoder`` needs, from the current settings and data (JSON-able)."""
+    def default_config(self) -> dict[str, Any]:
+        """The config (JSON-able, with the ``seed``) of a new network, from the current
+        settings and data."""
 
     @abstractmethod
-    def build_encoder(self, config: dict[str, Any]) -> ItemEncoder:
-        """The item encoder described by ``config`` (saved in checkpoints)."""
+    def make_net(self, config: dict[str, Any]) -> NetT:
+        """The untrained network ``config`` describes (called under its seed)."""
+
+    def check_config(self, config: dict[str, Any], path: Path) -> None:
+        """Raise ``CheckpointError`` if a saved config cannot run on the current inputs."""
 
     # ---- network -------------------------------------------------------------------------
-    def default_config(self) -> dict[str, Any]:
-        t = self.settings.train
-        return {
-            "network": {
-                "max_len": t.max_len,
-                "layers": t.layers,
-                "heads": t.heads,
-                "dropout": t.dropout,
-            },
-            "encoder": self.encoder_config(),
-            "seed": self.settings.seed,
-            "train": t.model_dump(),
-        }
-
-    def build(self, config: dict[str, Any]) -> SASRec:
+    def build(self, config: dict[str, Any]) -> NetT:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(config["seed"]))
-            net = SASRec(self.build_encoder(config["encoder"]), **config["network"])
+            net = self.make_net(config)
         self._config = config
         self._net = net.to(self.device)
         return self._net
 
     @property
-    def network(self) -> SASRec:
+    def net(self) -> NetT:
         if self._net is None:
             return self.build(self.default_config())
         return self._net
 
     @property
-    def max_len(self) -> int:
-        return self.network.max_len
+    def config(self) -> dict[str, Any]:
+        self.net  # noqa: B018  (builds it)
+        assert self._config is not None
+        return self._config
 
     # ---- Recommender ---------------------------------------------------------------------
-    def fit(self, valid_fn: ValidFn | None = None, out: Path | None = None) -> FitReport:
-        from agent.models.training import fit_sequence_model  # the trainer imports this module
-
-        return fit_sequence_model(self, valid_fn=valid_fn, out=out)
-
     def encode_histories(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
         """Dense ids, unknown items dropped, last ``max_len`` kept, left-padded."""
         catalog = self.data.catalog
-        return left_pad([catalog.encode(h) for h in histories], self.max_len)
+        return left_pad([catalog.encode(h) for h in histories], self.net.max_len)
 
     @torch.no_grad()
     def user_vectors(self, histories: Sequence[Sequence[str]], batch_size: int = 512) -> Tensor:
-        """(U, hidden) last-position representations, in eval mode."""
-        net = self.network
+        """(U, user dim) user vectors, in eval mode."""
+        net = self.net
         was_training = net.training
         net.eval()
         try:
             ids = torch.from_numpy(self.encode_histories(histories))
+            if len(ids) == 0:  # no rows, as wide as the vector of a history without items
+                return net.user_vectors(torch.zeros(1, 1, dtype=torch.long, device=self.device))[:0]
             parts = [
-                net.last_hidden(trim_left_padding(ids[s : s + batch_size]).to(self.device))
+                net.user_vectors(trim_left_padding(ids[s : s + batch_size]).to(self.device))
                 for s in range(0, len(ids), batch_size)
             ]
         finally:
             net.train(was_training)
-        if not parts:
-            return torch.zeros(0, net.hidden, device=self.device)
         return torch.cat(parts)
 
     @torch.no_grad()
     def item_table(self) -> Tensor:
-        net = self.network
+        net = self.net
         was_training = net.training
         net.eval()
         try:
-            return net.items.all_items()
+            return net.item_vectors()
         finally:
             net.train(was_training)
 
@@ -322,6 +336,8 @@ class SASRecRecommender(Recommender):
     ) -> list[np.ndarray]:
         if len(histories) != len(candidates):
             raise ValueError(f"{len(histories)} histories but {len(candidates)} candidate lists")
+        if not histories:
+            return []
         index = self.data.catalog.index
         table = self.item_table()
         # Encoding a long candidate list (a whole domain) once serves every user that shares
@@ -347,23 +363,69 @@ class SASRecRecommender(Recommender):
         return out
 
     def save(self, path: Path) -> None:
-        net = self.network
-        assert self._config is not None
-        write_config(path, self.name, self.data.catalog, self._config)
-        torch.save(net.state_dict(), path / MODEL_FILE)
+        write_config(path, self.name, self.data.catalog, self.config)
+        torch.save(self.net.state_dict(), path / MODEL_FILE)
 
     def load(self, path: Path) -> None:
         config = read_config(path, self.name, self.data.catalog)
         model_path = path / MODEL_FILE
         if not model_path.is_file():
             raise CheckpointError(f"no {MODEL_FILE}", path=path)
-        self.check_encoder_config(config["encoder"], path)
+        self.check_config(config, path)
         net = self.build(config)
         state = torch.load(model_path, map_location=self.device, weights_only=True)
         net.load_state_dict(state)
 
+
+class SASRecRecommender(NeuralRecommender[SASRec]):
+    """A SASRec network behind the ``Recommender`` interface; subclasses pick the item encoder."""
+
+    # ---- what a variant provides -------------------------------------------------------
+    @abstractmethod
+    def encoder_config(self) -> dict[str, Any]:
+        """What ``build_encoder`` needs, from the current settings and data (JSON-able)."""
+
+    @abstractmethod
+    def build_encoder(self, config: dict[str, Any]) -> ItemEncoder:
+        """The item encoder described by ``config`` (saved in checkpoints)."""
+
     def check_encoder_config(self, saved: dict[str, Any], path: Path) -> None:
         """Raise ``CheckpointError`` if the saved encoder cannot run on the current inputs."""
+
+    # ---- network -------------------------------------------------------------------------
+    def default_config(self) -> dict[str, Any]:
+        t = self.settings.train
+        return {
+            "network": {
+                "max_len": t.max_len,
+                "layers": t.layers,
+                "heads": t.heads,
+                "dropout": t.dropout,
+            },
+            "encoder": self.encoder_config(),
+            "seed": self.settings.seed,
+            "train": t.model_dump(),
+        }
+
+    def make_net(self, config: dict[str, Any]) -> SASRec:
+        return SASRec(self.build_encoder(config["encoder"]), **config["network"])
+
+    def check_config(self, config: dict[str, Any], path: Path) -> None:
+        self.check_encoder_config(config["encoder"], path)
+
+    @property
+    def network(self) -> SASRec:
+        """``net``: the SASRec network, built on first use."""
+        return self.net
+
+    @property
+    def max_len(self) -> int:
+        return self.net.max_len
+
+    def fit(self, valid_fn: ValidFn | None = None, out: Path | None = None) -> FitReport:
+        from agent.models.training import fit_sequence_model  # the trainer imports this module
+
+        return fit_sequence_model(self, valid_fn=valid_fn, out=out)
 
 
 def trim_left_padding(ids: Tensor) -> Tensor:

@@ -122,15 +122,14 @@ def _probe_ids(n_items: int) -> list[int]:
     return sorted({int(i) for i in np.linspace(1, n_items, _PROBE_ROWS)})
 
 
-class SASRecTextRecommender(SASRecRecommender):
-    name = "sasrec-text"
+class ItemTextTable:
+    """Mixin of the recommenders that read the frozen item text table: the table (computed on
+    first use unless given as ``_table``), and what a checkpoint keeps of it to refuse other
+    item embeddings (the embedding settings, the dimension and a few rows)."""
 
-    def __init__(
-        self, data: Dataset, settings: Settings, *, table: np.ndarray | None = None
-    ) -> None:
-        """``table``: the item embeddings if the caller has them already (else computed)."""
-        super().__init__(data, settings)
-        self._table = table
+    data: Dataset
+    settings: Settings
+    _table: np.ndarray | None
 
     @property
     def table(self) -> np.ndarray:
@@ -145,21 +144,58 @@ class SASRecTextRecommender(SASRecRecommender):
             )
         return self._table
 
-    def encoder_config(self) -> dict[str, Any]:
+    def text_table_config(self, dim_key: str) -> dict[str, Any]:
+        """The text part of a checkpoint's config: the adapter settings, the table's dimension
+        (under ``dim_key``), the embedding that made it and its probe rows."""
         t = self.settings.train
         e = self.settings.embedding
         table = self.table
         probe = _probe_ids(table.shape[0] - 1)
         return {
-            "hidden": t.hidden,
             "adapter": t.text_adapter,
             "width": t.text_adapter_width,
             "whiten": t.text_whiten,
-            "text_dim": int(table.shape[1]),
+            dim_key: int(table.shape[1]),
             "embedding": {"backend": e.backend, "model": e.model, "template": e.template},
             "probe_ids": probe,
             "probe": table[probe].round(5).tolist(),
         }
+
+    def check_text_table(self, saved: dict[str, Any], path: Path, dim_key: str) -> None:
+        """Raise ``CheckpointError`` unless the table matches ``saved`` (a
+        ``text_table_config``)."""
+        table = self.table
+        emb = saved.get("embedding", {})
+        hint = (
+            f"the checkpoint used embedding {emb.get('backend')}/{emb.get('model')} with "
+            f"template {emb.get('template')}; set the same embedding settings"
+        )
+        if table.shape[1] != saved[dim_key]:
+            raise CheckpointError(
+                f"item embeddings have dimension {table.shape[1]}, the checkpoint "
+                f"{saved[dim_key]}: {hint}",
+                path=path,
+            )
+        probe = np.asarray(saved["probe"], dtype=np.float32)
+        if not np.allclose(table[saved["probe_ids"]], probe, atol=_PROBE_ATOL):
+            raise CheckpointError(
+                f"the item embeddings differ from those the checkpoint was trained on: {hint}",
+                path=path,
+            )
+
+
+class SASRecTextRecommender(ItemTextTable, SASRecRecommender):
+    name = "sasrec-text"
+
+    def __init__(
+        self, data: Dataset, settings: Settings, *, table: np.ndarray | None = None
+    ) -> None:
+        """``table``: the item embeddings if the caller has them already (else computed)."""
+        super().__init__(data, settings)
+        self._table = table
+
+    def encoder_config(self) -> dict[str, Any]:
+        return {"hidden": self.settings.train.hidden, **self.text_table_config("text_dim")}
 
     def build_encoder(self, config: dict[str, Any]) -> ItemEncoder:
         return TextItemEncoder(
@@ -171,21 +207,4 @@ class SASRecTextRecommender(SASRecRecommender):
         )
 
     def check_encoder_config(self, saved: dict[str, Any], path: Path) -> None:
-        table = self.table
-        emb = saved.get("embedding", {})
-        hint = (
-            f"the checkpoint used embedding {emb.get('backend')}/{emb.get('model')} with "
-            f"template {emb.get('template')}; set the same embedding settings"
-        )
-        if table.shape[1] != saved["text_dim"]:
-            raise CheckpointError(
-                f"item embeddings have dimension {table.shape[1]}, the checkpoint "
-                f"{saved['text_dim']}: {hint}",
-                path=path,
-            )
-        probe = np.asarray(saved["probe"], dtype=np.float32)
-        if not np.allclose(table[saved["probe_ids"]], probe, atol=_PROBE_ATOL):
-            raise CheckpointError(
-                f"the item embeddings differ from those the checkpoint was trained on: {hint}",
-                path=path,
-            )
+        self.check_text_table(saved, path, "text_dim")

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agent.config import Settings
@@ -40,10 +39,10 @@ from agent.items.semantics import ViewVectors, item_view_vectors
 from agent.models.base import FitReport, ValidFn
 from agent.models.losses import view_alignment
 from agent.models.method_base import MethodNet, MethodRecommender
-from agent.models.method_training import next_item_logits, train_rows
+from agent.models.method_training import train_rows
 from agent.models.sasrec import ItemEncoder, SASRec
 from agent.models.sasrec_text import TextItemEncoder
-from agent.models.training import DomainNegativeSampler
+from agent.models.training import DomainNegativeSampler, bce_loss, next_item_logits
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +213,7 @@ class SemaCDRRecommender(MethodRecommender):
 
         def step(x: Tensor, y: Tensor, _rows: Tensor) -> dict[str, Tensor]:
             pos, neg, _ = next_item_logits(net.backbone, x, y, sampler.sample(y, k, gen))
-            parts = {"rec": F.softplus(-pos).mean() + F.softplus(neg).sum(-1).mean()}
+            parts = {"rec": bce_loss(pos, neg)}
             if aligned and m.align_weight > 0:
                 pairs = []
                 for v in aligned:

@@ -1,4 +1,4 @@
-"""The trainer shared by the SASRec variants.
+"""The trainer shared by the SASRec variants and the three methods.
 
 Training (as in SASRec): every train row's history, cut to its last ``max_len + 1`` items, gives
 ``max_len`` next-item examples at once: input ids[:-1], target ids[1:], left-padded. Each
@@ -8,6 +8,10 @@ and written to the checkpoint; training stops after ``patience`` evaluations wit
 Only train rows train (the histories of valid/test rows are left out too).
 
 Early stopping calls a ``ValidFn``; callers pass the evaluation harness' ``make_valid_fn``.
+
+``fit_loop`` is the loop itself, with the loss supplied by a ``step`` function: the SASRec
+variants' is ``sequence_loss``; each method adds its own terms (contrastive regularization,
+profile alignment, generalization loss, view alignment) to its own ranking loss.
 """
 
 from __future__ import annotations
@@ -17,21 +21,26 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from agent.data.schema import Dataset
 from agent.models.base import FitReport, ValidFn
-from agent.models.sasrec import SASRec, SASRecRecommender, left_pad
+from agent.models.gru4rec import GRU4Rec
+from agent.models.sasrec import NeuralRecommender, SASRec, SASRecRecommender, ScoringNet, left_pad
 
 log = logging.getLogger(__name__)
+
+# step(inputs, targets, row ids) -> {"loss": the total to minimise, other components...}
+StepFn = Callable[[Tensor, Tensor, Tensor], dict[str, Tensor]]
 
 
 def seed_everything(seed: int) -> None:
@@ -131,22 +140,40 @@ class LengthPoolBatchSampler:
             yield batches[i].tolist()
 
 
-def sequence_loss(net: SASRec, inputs: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
-    """Mean over real positions of BCE(target logit, 1) + sum_k BCE(negative_k logit, 0)."""
+def next_item_logits(
+    backbone: SASRec | GRU4Rec,
+    inputs: Tensor,
+    targets: Tensor,
+    negatives: Tensor,
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(positive logits (P,), negative logits (P, K), hidden states (B, N, H)) at the P real
+    positions (those with a target). ``transform`` maps the (P, H) states before scoring."""
     real = targets > 0
-    pos_ids, neg_ids = targets[real], negatives[real]  # (P,), (P, K): positions with a target
+    pos_ids, neg_ids = targets[real], negatives[real]  # (P,), (P, K)
     # one encoder call for inputs, targets and negatives: a text adapter then runs once per
     # distinct item of the batch
-    vectors = net.items(torch.cat([inputs.flatten(), pos_ids, neg_ids.flatten()]))
+    vectors = backbone.items(torch.cat([inputs.flatten(), pos_ids, neg_ids.flatten()]))
     n_in, n_pos = inputs.numel(), pos_ids.numel()
-    hidden = net(inputs, vectors[:n_in].view(*inputs.shape, -1))
+    hidden = backbone(inputs, vectors[:n_in].view(*inputs.shape, -1))
     h = hidden[real]  # (P, H)
-    pos = vectors[n_in : n_in + n_pos]  # (P, H)
-    neg = vectors[n_in + n_pos :].view(*neg_ids.shape, -1)  # (P, K, H)
-    pos_logit = (h * pos).sum(-1)
-    neg_logit = (neg @ h.unsqueeze(-1)).squeeze(-1)
+    if transform is not None:
+        h = transform(h)
+    pos = (h * vectors[n_in : n_in + n_pos]).sum(-1)
+    neg = (vectors[n_in + n_pos :].view(*neg_ids.shape, -1) @ h.unsqueeze(-1))[..., 0]
+    return pos, neg, hidden
+
+
+def bce_loss(pos: Tensor, neg: Tensor) -> Tensor:
+    """Mean over positions of BCE(positive logit, 1) + sum_k BCE(negative_k logit, 0)."""
     # softplus(-x) = -log sigmoid(x) (label 1); softplus(x) = -log(1 - sigmoid(x)) (label 0)
-    return F.softplus(-pos_logit).mean() + F.softplus(neg_logit).sum(-1).mean()
+    return F.softplus(-pos).mean() + F.softplus(neg).sum(-1).mean()
+
+
+def sequence_loss(net: SASRec, inputs: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
+    """Mean over real positions of BCE(target logit, 1) + sum_k BCE(negative_k logit, 0)."""
+    pos, neg, _ = next_item_logits(net, inputs, targets, negatives)
+    return bce_loss(pos, neg)
 
 
 def fit_sequence_model(
@@ -155,6 +182,40 @@ def fit_sequence_model(
     valid_fn: ValidFn | None = None,
     out: Path | None = None,
 ) -> FitReport:
+    """Train a SASRec variant: ``sequence_loss`` with same-domain negatives (``fit_loop``)."""
+    net = rec.network
+    inputs, targets = training_sequences(rec.data, net.max_len)
+    sampler = DomainNegativeSampler(rec.data.catalog.domain_of, rec.device)
+    neg_gen = torch.Generator(device=rec.device).manual_seed(rec.settings.seed + 1)
+    k = rec.settings.train.num_negatives
+
+    def step(x: Tensor, y: Tensor, _rows: Tensor) -> dict[str, Tensor]:
+        return {"loss": sequence_loss(net, x, y, sampler.sample(y, k, neg_gen))}
+
+    return fit_loop(rec, inputs, targets, step, valid_fn=valid_fn, out=out)
+
+
+def fit_loop(
+    rec: NeuralRecommender[Any],
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    step: StepFn,
+    *,
+    params: Iterable[nn.Parameter] | None = None,
+    epochs: int | None = None,
+    valid_fn: ValidFn | None = None,
+    out: Path | None = None,
+    eval_start: bool = False,
+    label: str = "",
+) -> FitReport:
+    """Train ``params`` (default: all of ``rec.net``'s) for ``epochs`` (default:
+    ``train.epochs``) on the rows ``inputs``/``targets`` with ``step``'s loss.
+
+    ``step(inputs, targets, row ids)`` gets a batch with its all-padding columns dropped and
+    returns the loss to minimise as ``"loss"`` and any other component; each history entry
+    holds the mean of every component. ``eval_start``: score the untrained state first, so
+    that training that never beats it keeps it (used for LLM-RecG's fusion phase).
+    """
     settings = rec.settings
     cfg = settings.train  # (train.threads is applied when the recommender is built)
     seed_everything(settings.seed)
@@ -162,13 +223,13 @@ def fit_sequence_model(
     # floats after ~800 steps, and CPU arithmetic on denormals is slow: without this, epoch
     # times grew 12 s -> 22 s -> 34 s on food-kitchen.
     torch.set_flush_denormal(True)
-    net = rec.network
-    device = rec.device
-
-    inputs, targets = training_sequences(rec.data, net.max_len)
+    net: ScoringNet = rec.net
+    epochs = cfg.epochs if epochs is None else epochs
     if len(inputs) == 0:
         raise ValueError("no train row has two known items: nothing to train on")
-    dataset = TensorDataset(torch.from_numpy(inputs), torch.from_numpy(targets))
+    dataset = TensorDataset(
+        torch.from_numpy(inputs), torch.from_numpy(targets), torch.arange(len(inputs))
+    )
     order = torch.Generator().manual_seed(settings.seed)
     # whole batches are indexed at once (tensor[list]) instead of collating single rows
     loader = DataLoader(
@@ -176,85 +237,88 @@ def fit_sequence_model(
         sampler=LengthPoolBatchSampler((inputs > 0).sum(1), cfg.batch_size, order),
         batch_size=None,
     )
-    sampler = DomainNegativeSampler(rec.data.catalog.domain_of, device)
-    neg_gen = torch.Generator(device=device).manual_seed(settings.seed + 1)
-    params = [p for p in net.parameters() if p.requires_grad]
+    trainable = [p for p in (net.parameters() if params is None else params) if p.requires_grad]
     # fused: one kernel for the whole update; the dense item table makes the step a large
     # share of each batch's time on CPU
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    n_params = sum(p.numel() for p in params)
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    name = f"{rec.name}{' ' + label if label else ''}"
     log.info(
-        "%s: %d training sequences, %d trainable parameters, %d batches of %d per epoch",
-        rec.name,
+        "%s: %d training rows, %d trainable parameters, %d batches of %d per epoch",
+        name,
         len(inputs),
-        n_params,
+        sum(p.numel() for p in trainable),
         len(loader),
         cfg.batch_size,
     )
-
     report = FitReport(checkpoint=out)
+    best, stale = -math.inf, 0
     best_state: dict[str, Tensor] | None = None
-    best = -math.inf
-    evals_without_gain = 0
-    train_seconds = 0.0
-    start = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        net.train()
-        t0 = time.perf_counter()
-        total, steps = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None)
-        for x, y in bar:
-            # inputs and targets are padded at the same columns; drop all-padding columns
-            first = int(torch.nonzero((x > 0).any(dim=0))[0])
-            x, y = x[:, first:].to(device), y[:, first:].to(device)
-            negatives = sampler.sample(y, cfg.num_negatives, neg_gen)
-            loss = sequence_loss(net, x, y, negatives)
-            optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
-            optimizer.step()
-            total += float(loss.detach())
-            steps += 1
-            if steps % 20 == 0:
-                bar.set_postfix(loss=f"{total / steps:.4f}")
-        bar.close()
-        epoch_seconds = time.perf_counter() - t0
-        train_seconds += epoch_seconds
-        entry = {"epoch": float(epoch), "loss": total / max(steps, 1), "seconds": epoch_seconds}
-        report.epochs = epoch
 
-        if valid_fn is None or epoch % cfg.eval_every:
-            log.info("epoch %d: loss %.4f (%.1fs)", epoch, entry["loss"], epoch_seconds)
-            report.history.append(entry)
-            continue
+    def validate(entry: dict[str, float], epoch: int) -> bool:
+        nonlocal best, best_state, stale
+        assert valid_fn is not None
         t1 = time.perf_counter()
         net.eval()
         score = float(valid_fn(rec))
-        entry["valid_ndcg10"] = score
-        entry["valid_seconds"] = time.perf_counter() - t1
-        report.history.append(entry)
-        improved = score > best
-        if improved:
+        entry["valid_ndcg10"], entry["valid_seconds"] = score, time.perf_counter() - t1
+        if score > best:
             best, report.best_epoch, report.best_valid_ndcg10 = score, epoch, score
-            best_state = copy.deepcopy(net.state_dict())
-            evals_without_gain = 0
+            best_state, stale = copy.deepcopy(net.state_dict()), 0
             if out is not None:
-                rec.save(out)  # write at once: an interrupted run keeps its best model
-        else:
-            evals_without_gain += 1
+                rec.save(out)  # at once: an interrupted run keeps its best model
+            return True
+        stale += 1
+        return False
+
+    start, train_seconds = time.perf_counter(), 0.0
+    if eval_start and valid_fn is not None:
+        entry = {"epoch": 0.0}
+        validate(entry, 0)
+        report.history.append(entry)
+    for epoch in range(1, epochs + 1):
+        net.train()
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}  # a component may be absent from a batch (no pair in it)
+        bar = tqdm(loader, desc=f"{name} {epoch}/{epochs}", leave=False, disable=None)
+        for x, y, r in bar:
+            # inputs and targets are padded at the same columns; drop all-padding columns
+            first = int(torch.nonzero((x > 0).any(dim=0))[0])
+            x, y = x[:, first:].to(rec.device), y[:, first:].to(rec.device)
+            parts = step(x, y, r)
+            optimizer.zero_grad(set_to_none=True)
+            torch.autograd.backward(parts["loss"])
+            optimizer.step()
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach())
+                counts[key] = counts.get(key, 0) + 1
+            if counts["loss"] % 20 == 0:
+                bar.set_postfix(loss=f"{sums['loss'] / counts['loss']:.4f}")
+        bar.close()
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+        entry = {"epoch": float(epoch), "seconds": seconds}
+        entry |= {key: value / counts[key] for key, value in sums.items()}
+        report.epochs = epoch
+        report.history.append(entry)
+        if valid_fn is None or epoch % cfg.eval_every:
+            log.info("%s epoch %d: loss %.4f (%.1fs)", name, epoch, entry["loss"], seconds)
+            continue
+        improved = validate(entry, epoch)
         log.info(
-            "epoch %d: loss %.4f (%.1fs), valid NDCG@10 %.4f%s (best %.4f at epoch %d)",
+            "%s epoch %d: loss %.4f (%.1fs), valid NDCG@10 %.4f%s (best %.4f at epoch %d)",
+            name,
             epoch,
             entry["loss"],
-            epoch_seconds,
-            score,
+            seconds,
+            entry["valid_ndcg10"],
             " *" if improved else "",
             best,
             report.best_epoch,
         )
-        if evals_without_gain >= cfg.patience:
-            log.info("early stop: %d evaluations without a gain", evals_without_gain)
+        if stale >= cfg.patience:
+            log.info("%s: early stop, %d evaluations without a gain", name, stale)
             break
-
     if best_state is not None:
         net.load_state_dict(best_state)
     else:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from agent.profiles.models import ProfileTree
+from agent.sqlite_store import SQLiteStore
 
 
 def profile_cache_key(
@@ -39,19 +38,17 @@ def profile_cache_key(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-class ProfileCache:
+class ProfileCache(SQLiteStore):
     """``key -> ProfileTree`` JSON in one sqlite file; each ``put`` is committed at once."""
 
     def __init__(self, cache_dir: Path) -> None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        self.path = cache_dir / "profiles.sqlite"
-        self._db = sqlite3.connect(self.path)
-        self._db.execute("PRAGMA journal_mode=WAL")  # readers (another CLI) do not block us
-        self._db.execute(
+        super().__init__(
+            cache_dir,
+            "profiles.sqlite",
+            "profiles",
             "CREATE TABLE IF NOT EXISTS profiles ("
-            " key TEXT PRIMARY KEY, user_id TEXT NOT NULL, tree TEXT NOT NULL, created REAL)"
+            " key TEXT PRIMARY KEY, user_id TEXT NOT NULL, tree TEXT NOT NULL, created REAL)",
         )
-        self._db.commit()
 
     def get(self, key: str) -> ProfileTree | None:
         row = self._db.execute("SELECT tree FROM profiles WHERE key = ?", (key,)).fetchone()
@@ -65,20 +62,3 @@ class ProfileCache:
             (tree.cache_key, tree.user_id, tree.model_dump_json(), time.time()),
         )
         self._db.commit()
-
-    def __len__(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM profiles").fetchone()[0])
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> ProfileCache:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
