@@ -136,7 +136,7 @@ def test_batch_keeps_good_results_when_some_items_fail() -> None:
 
 
 def test_server_gone_mid_batch_keeps_what_was_computed() -> None:
-    """The loopback server stops after three answers (the real-vLLM version of this is in
+    """The loopback server stops after about three answers (the real-vLLM version of this is in
     tests/integration/test_llm_vllm.py); later items fail as connection errors, in order."""
     srv = FaultServer().__enter__()
     backend = _backend(srv.url, retries=1, retry_backoff_s=0.01, concurrency=1)
@@ -157,7 +157,9 @@ def test_server_gone_mid_batch_keeps_what_was_computed() -> None:
     results = asyncio.run(run())
     good = [r for r in results if isinstance(r, GenerationResult)]
     assert [r.text for r in good] == [f"echo: p{i}" for i in range(len(good))]
-    assert 2 <= len(good) <= 3  # the third may be cut off while in flight
+    # The stopper polls, so on a loaded machine an answer or two more may get through before
+    # the server is gone; what matters is that answers are kept in order and the rest fail.
+    assert 2 <= len(good) < 6
     assert all(isinstance(r, LLMError) and r.kind == "connection" for r in results[len(good) :])
 
 
