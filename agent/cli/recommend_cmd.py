@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -33,7 +34,8 @@ def _list_table(title: str, items: list[ListedItem], target: str | None) -> Tabl
     table.add_column("")
     for rank, item in enumerate(items, start=1):
         mark = "<- target" if item.item_id == target else ""
-        table.add_row(str(rank), escape(item.title[:80]), str(item.retrieval_rank), mark)
+        title = escape(html.unescape(item.title)[:80])  # catalogue titles carry HTML entities
+        table.add_row(str(rank), title, str(item.retrieval_rank), mark)
     return table
 
 
@@ -49,7 +51,7 @@ def render_recommendation(rec: Recommendation, data: Dataset, target: str | None
     history.add_column("title")
     for pos, item_id in list(enumerate(rec.history))[-SHOWN_HISTORY:]:
         item = data.items[item_id]
-        history.add_row(str(pos), item.domain, escape(item.title[:80]))
+        history.add_row(str(pos), item.domain, escape(html.unescape(item.title)[:80]))
     parts: list[object] = [history]
     if rec.profile is not None:
         p = rec.profile.profile
@@ -61,7 +63,8 @@ def render_recommendation(rec: Recommendation, data: Dataset, target: str | None
             lines.append(f"  cross-domain: {escape('; '.join(p.cross_domain_themes))}")
         parts.append("\n".join(lines))
     if target is not None:
-        parts.append(f"held-out target: {escape(data.items[target].title[:80])}")
+        title = html.unescape(data.items[target].title)[:80]
+        parts.append(f"held-out target: {escape(title)}")
     parts.append(_list_table(f"retrieved by {rec.retriever} ({rec.domain})", rec.retrieved, target))
     if rec.reranker is not None:
         note = " [red](fallback: retrieval order)[/red]" if rec.fallback else ""
