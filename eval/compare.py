@@ -64,6 +64,8 @@ def compare_models(
     out: Path | None = None,
     name: str | None = None,
     two_stage: TwoStagePlan | None = None,
+    extra: dict[str, Any] | None = None,
+    preface: str | None = None,
 ) -> Comparison:
     """Prepare (load or train) each model, evaluate all on one candidate set, write the report.
 
@@ -101,7 +103,8 @@ def compare_models(
         models[model_name] = prep.model
         prepared[model_name] = prep.describe()
         results.append(evaluator(prep.model, name=model_name))
-    extra: dict[str, Any] = {
+    extra = {
+        **(extra or {}),
         "models": prepared,
         "candidates": str(evaluator.candidates.path or "on the fly"),
     }
@@ -117,8 +120,13 @@ def compare_models(
             )
             extra["two_stage"] = extra_info(rows, factory)
         results.extend(r.result for r in rows)
-    paths = write_report(results, settings, out, name=name, extra=extra)
-    if rows:
-        with paths.markdown.open("a", encoding="utf-8") as fh:
-            fh.write("\n" + cost_markdown(rows))
+    paths = write_report(
+        results,
+        settings,
+        out,
+        name=name,
+        extra=extra,
+        preface=preface,
+        appendix=cost_markdown(rows) if rows else None,
+    )
     return Comparison(results, models, prepared, evaluator, paths, rows)

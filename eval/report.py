@@ -126,8 +126,13 @@ def write_report(
     *,
     name: str | None = None,
     extra: dict[str, Any] | None = None,
+    preface: str | None = None,
+    appendix: str | None = None,
 ) -> ReportPaths:
-    """Write results.json / results.md / results.png / ranks.jsonl; returns their paths."""
+    """Write results.json / results.md / results.png / ranks.jsonl; returns their paths.
+
+    ``preface`` and ``appendix`` are Markdown put before and after the table in results.md.
+    """
     from eval.plot import plot_results  # matplotlib only when a report is written
 
     directory = out_dir or report_dir(settings, name)
@@ -154,7 +159,12 @@ def write_report(
     }
     # NaN (no bootstrap) is written as null: strict JSON readers reject NaN.
     paths.json.write_text(json.dumps(_nan_to_none(payload), indent=2) + "\n", encoding="utf-8")
-    paths.markdown.write_text(markdown_table(results, ks), encoding="utf-8")
+    markdown = markdown_table(results, ks)
+    if preface:
+        markdown = f"{preface}\n\n{markdown}"
+    if appendix:
+        markdown = f"{markdown}\n{appendix}"
+    paths.markdown.write_text(markdown, encoding="utf-8")
     with paths.ranks.open("w", encoding="utf-8") as fh:
         for r in results:
             for row in r.per_user_rows():

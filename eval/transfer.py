@@ -31,10 +31,7 @@ TARGET item the user touched before the target may be drawn as a negative.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -382,26 +379,3 @@ def prepare_checkpoints(
         fits[name] = fit
         out[name] = path
     return out, fits
-
-
-def _finite(obj: Any) -> Any:
-    """NaN/inf as null: strict JSON readers reject NaN (as eval.report writes it)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def annotate_report(json_path: Path, markdown_path: Path, info: dict[str, Any], label: str) -> None:
-    """Add ``info`` as ``extra.transfer`` of a written results.json; the label atop the table."""
-    payload = json.loads(json_path.read_text(encoding="utf-8"))
-    payload.setdefault("extra", {})["transfer"] = _finite(info)
-    tmp = json_path.with_name(f".{json_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, json_path)
-    if markdown_path.is_file():
-        body = markdown_path.read_text(encoding="utf-8")
-        markdown_path.write_text(f"Protocol: {label}.\n\n{body}", encoding="utf-8")

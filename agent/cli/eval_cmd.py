@@ -25,7 +25,6 @@ from eval.modelprep import ModelNotReady
 from eval.report import print_table
 from eval.transfer import (
     TransferError,
-    annotate_report,
     apply_transfer,
     prepare_checkpoints,
     transfer_settings,
@@ -192,13 +191,12 @@ def register(app: typer.Typer) -> None:
                 out=out,
                 name=name,
                 two_stage=plan,
+                extra={"transfer": {**dropped.to_dict(), "trained": fits}},
+                preface=f"Protocol: {spec.label}.",
             )
         except (*EVAL_ERRORS, *LLM_ERRORS) as exc:
             raise UserError(str(exc)) from None
         paths = run.paths
-        annotate_report(
-            paths.json, paths.markdown, {**dropped.to_dict(), "trained": fits}, spec.label
-        )
         print_table(run.results, run.evaluator.ks, console)
         if run.two_stage:
             console.print(cost_table(run.two_stage))

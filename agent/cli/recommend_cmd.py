@@ -111,7 +111,6 @@ def recommend(
     from agent.llm.model_files import ModelFilesError
     from agent.models.registry import UnknownModelError
     from agent.pipeline.build import two_stage_factory
-    from agent.pipeline.profile_source import ProfileSource
     from agent.pipeline.recommend import RecommendError, RecommendOptions
     from agent.pipeline.recommend import recommend as run_pipeline
     from agent.prompts import PromptError
@@ -162,11 +161,7 @@ def recommend(
                 if reranker != "none"
                 else None
             )
-            profiles = (
-                ProfileSource(factory.backend, dataset, settings, factory.profile_cache, embeddings)
-                if use_profile
-                else None
-            )
+            profiles = factory.profile_source(dataset) if use_profile else None
             rec = run_pipeline(
                 dataset,
                 model,

@@ -30,7 +30,6 @@ from agent.llm.model_files import prepare_model
 from agent.models.base import Recommender
 from agent.models.text_knn import TextKNNRecommender
 from agent.pipeline.build import two_stage_factory
-from agent.pipeline.profile_source import ProfileSource
 from agent.pipeline.recommend import RecommendOptions, recommend
 from agent.rerank.registry import make_reranker
 from agent.store.chroma_store import ItemIndex, make_client
@@ -136,10 +135,12 @@ def rerank_sample(
         results = [evaluator(retriever, name=name), *(r.result for r in rows)]
         extra = {"two_stage": extra_info(rows, factory), "retriever": name}
         paths = write_report(
-            results, settings, comparison.paths.directory / "two-stage", extra=extra
+            results,
+            settings,
+            comparison.paths.directory / "two-stage",
+            extra=extra,
+            appendix=cost_markdown(rows),
         )
-        with paths.markdown.open("a", encoding="utf-8") as fh:
-            fh.write("\n" + cost_markdown(rows))
         print_table(results, evaluator.ks, console)
         console.print(cost_table(rows))
         log.info("two-stage report: %s", paths.directory)
@@ -149,11 +150,7 @@ def rerank_sample(
         reranker = make_reranker(
             spec.reranker, factory.backend, settings, use_profile=spec.use_profile
         )
-        profiles = (
-            ProfileSource(factory.backend, dataset, settings, factory.profile_cache, embeddings)
-            if spec.use_profile
-            else None
-        )
+        profiles = factory.profile_source(dataset) if spec.use_profile else None
         target = user.target
         options = RecommendOptions(
             user_id=user.user_id,

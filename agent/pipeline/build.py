@@ -10,6 +10,7 @@ from typing import Literal
 import numpy as np
 
 from agent.config import Settings
+from agent.data.schema import Dataset
 from agent.llm.backend import LLMBackend
 from agent.llm.factory import make_backend
 from agent.models.base import Recommender
@@ -55,22 +56,18 @@ class TwoStageFactory:
         self.profile_cache = self._stack.enter_context(ProfileCache(settings.profile_cache_dir))
         self.rerank_cache = self._stack.enter_context(RerankCache(settings.work_dir / "rerank"))
 
+    def profile_source(self, data: Dataset) -> ProfileSource:
+        """Profiles through this factory's backend and cache."""
+        return ProfileSource(
+            self.backend, data, self.settings, self.profile_cache, embeddings=self.embeddings
+        )
+
     def build(self, retriever: Recommender, spec: TwoStageSpec) -> TwoStageRecommender:
         rerank = self.settings.rerank
         reranker = make_reranker(
             spec.reranker, self.backend, self.settings, use_profile=spec.use_profile
         )
-        profiles = (
-            ProfileSource(
-                self.backend,
-                retriever.data,
-                self.settings,
-                self.profile_cache,
-                embeddings=self.embeddings,
-            )
-            if spec.use_profile
-            else None
-        )
+        profiles = self.profile_source(retriever.data) if spec.use_profile else None
         return TwoStageRecommender(
             retriever,
             reranker,
