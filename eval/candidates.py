@@ -3,11 +3,17 @@
 Protocols (the target is always ranked against items of its own domain):
 
 - ``sampled-999``: the target + 999 negatives drawn uniformly without replacement from the
-  target's domain, excluding every item of the user's history and the target itself (the
-  protocol of the C2DSR / LLMCDSR papers on food-kitchen).
+  target's domain, excluding every item the user interacted with before the target and the
+  target itself (the protocol of the C2DSR / LLMCDSR papers on food-kitchen).
 - ``sampled-100``: the same with 100 negatives (cheap; used for early stopping).
-- ``full``: every item of the target's domain not in the history, the target included. Nothing
-  is stored for it: the sets are recomputed per user on the fly (cheap and deterministic).
+- ``full``: every item of the target's domain the user did not interact with before the target,
+  the target included. Nothing is stored for it: the sets are recomputed per user on the fly
+  (cheap and deterministic).
+
+"Interacted with before the target" is the user's history plus its
+``Dataset.candidate_exclusions`` entry: the items a protocol removed from the history (the
+zero-shot ``history_from="source"`` view, ``eval.transfer``), which the models do not see but
+which are no negatives either.
 
 Where a domain has fewer eligible items than negatives asked for (small slices), all of them
 are used and the shortfall is logged.
@@ -19,7 +25,10 @@ Sampled sets are written to a JSONL file (default ``<work_dir>/candidates/``): a
 ``{"recbridge_candidates": 1, "protocol", "seed", "split", "data", "fingerprint", ...}`` then one
 line per user ``{"user_id", "split", "domain", "target", "candidates": [...]}`` with the target
 at a random position. A later run with the same data, split, protocol and seed reuses the file;
-a file made for other data (different fingerprint) is an error, never silently reused.
+a file made for other data (different fingerprint) is an error, never silently reused. Where
+the split has candidate exclusions, they are part of the fingerprint, the header counts them
+(``"exclusions"``: users) and the file name ends in ``-excl.jsonl``; without any, the file is
+what it always was.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -44,6 +53,8 @@ Protocol = Literal["sampled-999", "sampled-100", "full"]
 PROTOCOLS: tuple[str, ...] = get_args(Protocol)
 NEGATIVES: dict[str, int] = {"sampled-999": 999, "sampled-100": 100}
 FORMAT_VERSION = 1
+# (split, user_id) -> items excluded from the user's candidates besides its history.
+Exclusions = Mapping[tuple[str, str], tuple[str, ...]]
 
 
 class CandidatesError(ValueError):
@@ -80,14 +91,25 @@ def user_rng(seed: int, split: str, user_id: str, purpose: str) -> np.random.Gen
     return np.random.default_rng([seed % 2**64, stable_user_key(split, user_id, purpose)])
 
 
+def split_exclusions(data: Dataset, split: str) -> dict[str, tuple[str, ...]]:
+    """The split's non-empty candidate exclusions, by user id."""
+    return {u: items for (s, u), items in data.candidate_exclusions.items() if s == split and items}
+
+
 def data_fingerprint(data: Dataset, split: Split) -> str:
-    """Content hash of what candidates depend on: item ids + domains and the split's rows."""
+    """Content hash of what candidates depend on: item ids + domains, the split's rows and,
+    only where there are any, the split's candidate exclusions."""
     h = hashlib.sha256()
     for item_id in sorted(data.items):
         h.update(f"{item_id}\t{data.items[item_id].domain}\n".encode())
     h.update(f"--{split}--\n".encode())
     for user in sorted(data.iter_split(split), key=lambda u: u.user_id):
         h.update(f"{user.user_id}\t{' '.join(user.items)}\n".encode())
+    exclusions = split_exclusions(data, split)
+    if exclusions:  # absent: the hash of data without exclusions is unchanged
+        h.update(b"--excluded--\n")
+        for user_id in sorted(exclusions):
+            h.update(f"{user_id}\t{' '.join(exclusions[user_id])}\n".encode())
     return h.hexdigest()[:20]
 
 
@@ -119,14 +141,25 @@ def _target_of(user: UserSequence) -> str:
     return user.target
 
 
+def _seen(user: UserSequence, exclusions: Exclusions | None) -> tuple[str, ...]:
+    """What the user interacted with before its target: the history + its exclusions."""
+    extra = exclusions.get((user.split, user.user_id), ()) if exclusions else ()
+    return (*user.history, *extra) if extra else user.history
+
+
 def sample_candidates(
-    user: UserSequence, pools: DomainPools, n_negatives: int, seed: int
+    user: UserSequence,
+    pools: DomainPools,
+    n_negatives: int,
+    seed: int,
+    exclusions: Exclusions | None = None,
 ) -> tuple[CandidateSet, int]:
-    """The target + ``n_negatives`` sampled negatives; returns (set, shortfall)."""
+    """The target + ``n_negatives`` sampled negatives, none in the history or the user's
+    ``exclusions`` entry; returns (set, shortfall)."""
     target = _target_of(user)
     domain = pools.domain_of[target]
     ids = pools.ids[domain]
-    excluded = pools.excluded(domain, user.history)
+    excluded = pools.excluded(domain, _seen(user, exclusions))
     excluded.add(pools.pos[domain][target])
     eligible = np.delete(np.arange(len(ids)), sorted(excluded))
     rng = user_rng(seed, user.split, user.user_id, f"candidates-{n_negatives}")
@@ -141,12 +174,15 @@ def sample_candidates(
     )
 
 
-def full_candidates(user: UserSequence, pools: DomainPools) -> CandidateSet:
-    """Every item of the target's domain not in the history, the target included."""
+def full_candidates(
+    user: UserSequence, pools: DomainPools, exclusions: Exclusions | None = None
+) -> CandidateSet:
+    """Every item of the target's domain not in the history nor the user's ``exclusions``
+    entry, the target included."""
     target = _target_of(user)
     domain = pools.domain_of[target]
     tpos = pools.pos[domain][target]
-    drop = sorted(pools.excluded(domain, user.history) - {tpos})
+    drop = sorted(pools.excluded(domain, _seen(user, exclusions)) - {tpos})
     cands = tuple(np.delete(pools.arrays[domain], drop).tolist())
     index = tpos - int(np.searchsorted(drop, tpos))  # excluded items before the target
     return CandidateSet(user.user_id, user.split, domain, target, cands, index)
@@ -163,6 +199,7 @@ class Candidates:
         pools: DomainPools,
         sets: dict[str, CandidateSet] | None = None,
         path: Path | None = None,
+        exclusions: Exclusions | None = None,
     ) -> None:
         self.protocol = protocol
         self.split = split
@@ -170,10 +207,11 @@ class Candidates:
         self.pools = pools
         self.sets = sets
         self.path = path
+        self.exclusions = exclusions
 
     def get(self, user: UserSequence) -> CandidateSet:
         if self.sets is None:  # full: computed on the fly, never stored
-            return full_candidates(user, self.pools)
+            return full_candidates(user, self.pools, self.exclusions)
         try:
             return self.sets[user.user_id]
         except KeyError:
@@ -187,7 +225,8 @@ class Candidates:
             return len(self.get(user).candidates)
         target = _target_of(user)
         domain = self.pools.domain_of[target]
-        seen = self.pools.excluded(domain, user.history) - {self.pools.pos[domain][target]}
+        seen = self.pools.excluded(domain, _seen(user, self.exclusions))
+        seen.discard(self.pools.pos[domain][target])
         return len(self.pools.ids[domain]) - len(seen)
 
     def domain(self, user: UserSequence) -> str:
@@ -198,13 +237,17 @@ class Candidates:
 
 
 def build_sampled(
-    users: Sequence[UserSequence], pools: DomainPools, protocol: str, seed: int
+    users: Sequence[UserSequence],
+    pools: DomainPools,
+    protocol: str,
+    seed: int,
+    exclusions: Exclusions | None = None,
 ) -> dict[str, CandidateSet]:
     n_neg = NEGATIVES[protocol]
     sets: dict[str, CandidateSet] = {}
     short_users = short_total = 0
     for user in users:
-        cset, short = sample_candidates(user, pools, n_neg, seed)
+        cset, short = sample_candidates(user, pools, n_neg, seed, exclusions)
         sets[user.user_id] = cset
         if short:
             short_users += 1
@@ -222,8 +265,11 @@ def build_sampled(
 
 
 def default_path(settings: Settings, data: Dataset, split: Split, protocol: str) -> Path:
+    """``<data>-<split>-<protocol>-seed<seed>.jsonl``; ``-excl`` before ``.jsonl`` where the
+    split has candidate exclusions (a file sampled without them is then never looked at)."""
     folder = settings.eval.candidates_dir or settings.work_dir / "candidates"
-    return folder / f"{data.name}-{split}-{protocol}-seed{settings.seed}.jsonl"
+    excl = "-excl" if split_exclusions(data, split) else ""
+    return folder / f"{data.name}-{split}-{protocol}-seed{settings.seed}{excl}.jsonl"
 
 
 def save_candidates(path: Path, header: dict[str, Any], sets: Iterable[CandidateSet]) -> None:
@@ -287,10 +333,14 @@ def get_candidates(
     if protocol not in PROTOCOLS:
         raise CandidatesError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
     pools = DomainPools(data)
+    # Only the split's own, non-empty entries: data without any builds exactly what it did.
+    exclusions: dict[tuple[str, str], tuple[str, ...]] = {
+        (split, u): items for u, items in split_exclusions(data, split).items()
+    }
     if protocol == "full":
-        return Candidates(protocol, split, settings.seed, pools)
+        return Candidates(protocol, split, settings.seed, pools, exclusions=exclusions)
     path = path or default_path(settings, data, split, protocol)
-    expected = {
+    expected: dict[str, Any] = {
         "recbridge_candidates": FORMAT_VERSION,
         "protocol": protocol,
         "split": split,
@@ -298,12 +348,14 @@ def get_candidates(
         "data": data.name,
         "fingerprint": data_fingerprint(data, split),
     }
+    if exclusions:
+        expected["exclusions"] = len(exclusions)
     users = data.split(split)
     if path.is_file():
         sets = load_candidates(path, expected)
         log.info("reusing candidates %s (%d users)", path, len(sets))
     else:
-        sets = build_sampled(users, pools, protocol, settings.seed)
+        sets = build_sampled(users, pools, protocol, settings.seed, exclusions)
         save_candidates(path, {**expected, "n_users": len(sets)}, sets.values())
         log.info("wrote candidates %s (%d users, %s)", path, len(sets), protocol)
-    return Candidates(protocol, split, settings.seed, pools, sets, path)
+    return Candidates(protocol, split, settings.seed, pools, sets, path, exclusions)

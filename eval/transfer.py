@@ -15,6 +15,13 @@
     (counted).
   * the item catalogue stays whole: the text of TARGET items is available, as the zero-shot
     setting allows, and candidates are still sampled from the target's domain.
+  * candidates exclude every item the user interacted with before the target, not only the
+    restricted history the models see: the items of the target's domain that the restriction
+    removed (with ``history_from="source"``, the user's earlier TARGET items) are recorded in
+    ``Dataset.candidate_exclusions`` and are never negatives, in every candidate protocol
+    (``eval.candidates``). With ``history_from="target"`` nothing of the target's domain is
+    removed, so there are no exclusions and the candidates are exactly those of a plain
+    dataset with these rows.
 
   Model selection (early stopping, LLM-RecG's fusion check) must not look at TARGET
   interactions either: ``selection_data`` is the view ``valid_fn`` ranks on, the valid users
@@ -24,9 +31,9 @@
   the in-domain ``<work_dir>/checkpoints/<model>``).
 
 The transferred ``Dataset`` is named ``<name>@<tag>`` so its candidate files (keyed by the
-dataset's name, ``eval.candidates.default_path``) never collide with the in-domain ones.
-Candidates exclude the user's (restricted) history only: with ``history_from="source"`` a
-TARGET item the user touched before the target may be drawn as a negative.
+dataset's name, ``eval.candidates.default_path``) never collide with the in-domain ones; where
+a split has exclusions they are part of the candidates' fingerprint and file name, so a file
+sampled without them is never reused.
 """
 
 from __future__ import annotations
@@ -213,8 +220,12 @@ def _held_out_users(
     history_domain: str,
     domain_of: dict[str, str],
     report: TransferReport | None,
+    exclusions: dict[tuple[str, str], tuple[str, ...]],
 ) -> list[UserSequence]:
-    """``split`` rows whose target is a ``target`` item, histories of ``history_domain`` only."""
+    """``split`` rows whose target is a ``target`` item, histories of ``history_domain`` only.
+    The user's items of ``target``'s domain left out of the history (other than the target)
+    go to ``exclusions`` under (split, user id): the models do not see them, yet they are never
+    candidate negatives."""
     out: list[UserSequence] = []
     other_target = no_history = removed = 0
     for user in data.iter_split(split):
@@ -227,6 +238,16 @@ def _held_out_users(
             continue
         removed += len(user.history) - len(history)
         out.append(UserSequence(user.user_id, split, (*history, user.target)))
+        # Candidates are of the target's domain: only its items can be false negatives.
+        kept = set(history)
+        prior = data.candidate_exclusions.get((split, user.user_id), ())
+        hidden = dict.fromkeys(
+            i
+            for i in (*user.history, *prior)
+            if domain_of.get(i) == target and i != user.target and i not in kept
+        )
+        if hidden:
+            exclusions[(split, user.user_id)] = tuple(hidden)
     if report is not None:
         report.drop(split, f"target not a {target} item", other_target)
         report.drop(split, f"no {history_domain} items in the history", no_history)
@@ -234,14 +255,22 @@ def _held_out_users(
     return out
 
 
-def _derived(data: Dataset, name: str, users: list[UserSequence], notes: Iterable[str]) -> Dataset:
+def _derived(
+    data: Dataset,
+    name: str,
+    users: list[UserSequence],
+    notes: Iterable[str],
+    exclusions: dict[tuple[str, str], tuple[str, ...]],
+) -> Dataset:
     """A new Dataset over the same items (same catalogue, same dense ids) with ``users``."""
     report = LoadReport(
         skipped=Counter(data.report.skipped),
         examples={k: list(v) for k, v in data.report.examples.items()},
         notes=[*data.report.notes, *notes],
     )
-    return Dataset(name=name, items=data.items, users=users, report=report)
+    return Dataset(
+        name=name, items=data.items, users=users, report=report, candidate_exclusions=exclusions
+    )
 
 
 def check_no_leak(data: Dataset, transfer: Transfer) -> None:
@@ -273,14 +302,15 @@ def apply_transfer(data: Dataset, transfer: Transfer) -> tuple[Dataset, Transfer
     domain_of = _domain_of(data)
     users = _train_users(data, source, domain_of, report)
     held_out: tuple[Literal["valid", "test"], ...] = ("valid", "test")
+    exclusions: dict[tuple[str, str], tuple[str, ...]] = {}
     for split in held_out:
-        users += _held_out_users(data, split, target, history_domain, domain_of, report)
+        users += _held_out_users(data, split, target, history_domain, domain_of, report, exclusions)
     for split in ("train", "valid", "test"):
         report.users_kept[split] = sum(1 for u in users if u.split == split)
     report.selection_users = sum(
         1 for _ in selection_data(data, transfer, domain_of).iter_split("valid")
     )
-    out = _derived(data, f"{data.name}@{transfer.tag}", users, report.lines())
+    out = _derived(data, f"{data.name}@{transfer.tag}", users, report.lines(), exclusions)
     check_no_leak(out, transfer)
     for line in report.lines():
         log.info("%s", line)
@@ -300,8 +330,9 @@ def selection_data(
     source = transfer.source or ""
     domain_of = domain_of or _domain_of(data)
     users = _train_users(data, source, domain_of, None)
-    users += _held_out_users(data, "valid", source, source, domain_of, None)
-    return _derived(data, f"{data.name}@{transfer.model_tag}-select", users, ())
+    exclusions: dict[tuple[str, str], tuple[str, ...]] = {}  # none: all SOURCE items kept
+    users += _held_out_users(data, "valid", source, source, domain_of, None, exclusions)
+    return _derived(data, f"{data.name}@{transfer.model_tag}-select", users, (), exclusions)
 
 
 def transfer_settings(settings: Settings, transfer: Transfer) -> Settings:

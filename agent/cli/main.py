@@ -17,6 +17,7 @@ from agent.cli import (
     recommend_cmd,
     run_cmd,
     score_cmd,
+    study_cmd,
     train_cmd,
 )
 from agent.cli.common import state
@@ -68,6 +69,7 @@ for module in (
     llm_cmd,
     profile_cmd,
     recommend_cmd,
+    study_cmd,
 ):
     module.register(app)
 

@@ -130,6 +130,9 @@ class Dataset:
     items: dict[str, Item]
     users: list[UserSequence]
     report: LoadReport = field(default_factory=LoadReport)
+    # (split, user_id) -> items a protocol removed from that held-out user's history that are
+    # still not candidate negatives (eval/transfer.py); models see only ``history``.
+    candidate_exclusions: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._catalog: ItemCatalog | None = None

@@ -126,6 +126,20 @@ class LLMRecGRecommender(MethodRecommender):
     def make_net(self, config: dict[str, Any]) -> RecGNet:
         return RecGNet(self.table, config)
 
+    def load(self, path: Path) -> None:
+        """Load a checkpoint; with ``sequence_level = false`` score without the phase-2 fusion.
+
+        Phase 2 trains W_f alone with the phase-1 network frozen, so a fused checkpoint holds
+        the phase-1 model unchanged: switching fusion off at load gives the "-seq" ablation
+        of the same training run, with no second run.
+        """
+        super().load(path)
+        net = self.net
+        assert isinstance(net, RecGNet)
+        if not self.methods.llm_recg.sequence_level and bool(net.get_buffer("fused")):
+            net.get_buffer("fused").fill_(False)
+            log.info("llm-recg: sequence_level=false: %s scored without the cluster fusion", path)
+
     def fit(self, valid_fn: ValidFn | None = None, out: Path | None = None) -> FitReport:
         m = self.methods.llm_recg
         net = self.net

@@ -41,7 +41,9 @@ class LLMRecGSettings(BaseModel):
     # Domains whose training sequences train the model (items of others are dropped from the
     # histories); empty = all. The zero-shot protocol trains on one domain, e.g. ["food"].
     source_domains: list[str] = Field(default_factory=list)
-    sequence_level: bool = True  # k-means over source users + attention fusion
+    # k-means over source users + attention fusion; false when loading a fused checkpoint
+    # scores it without the fusion (the "-seq" ablation of the same run)
+    sequence_level: bool = True
     clusters: int = 10  # k of the k-means (not reported in the paper)
     attention_tau: float = 1.0  # a_i = softmax_i(cos(y, s_i) / attention_tau)
     fusion_epochs: int = 3  # second phase: W_f alone, backbone and centroids fixed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,9 +10,18 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli.main import app
-from agent.config import Settings
-from agent.data.schema import Dataset, UserSequence
-from eval.candidates import default_path, get_candidates
+from agent.config import Settings, load_settings
+from agent.data.schema import Dataset, Item, Split, UserSequence
+from eval.candidates import (
+    NEGATIVES,
+    CandidatesError,
+    DomainPools,
+    data_fingerprint,
+    default_path,
+    full_candidates,
+    get_candidates,
+    sample_candidates,
+)
 from eval.modelprep import default_checkpoint
 from eval.transfer import (
     Transfer,
@@ -217,3 +227,138 @@ def test_zero_shot_eval_cli_records_the_protocol(
     assert md.startswith("Protocol: zero-shot food->kitchen (histories: kitchen items).")
     cand_file = f"{slice_dir.name}@zeroshot-food-kitchen-hist-target-test-sampled-100-seed42.jsonl"
     assert (work / "candidates" / cand_file).is_file()
+
+
+# --- Candidates under the zero-shot protocol, on a hand-built dataset -------------------------
+
+FOOD = tuple(f"f{i}" for i in range(6))
+KITCHEN = tuple(f"k{i}" for i in range(5))  # a tiny target pool: every sampled set takes all of it
+PROTOCOLS = ("sampled-100", "sampled-999", "full")
+
+
+def _tiny() -> Dataset:
+    items = {i: Item(i, "food" if i[0] == "f" else "kitchen", f"item {i}") for i in FOOD + KITCHEN}
+    users = [
+        UserSequence("t1", "train", ("f0", "f1", "k0")),
+        UserSequence("t2", "train", ("f2", "f3")),
+        UserSequence("a", "test", ("f0", "k1", "f1", "k2", "k1", "k3")),  # kitchen k1, k2 before
+        UserSequence("b", "test", ("k0", "f4", "k4")),
+        UserSequence("c", "test", ("f2", "f5", "k2")),  # no kitchen item before its target
+        UserSequence("d", "test", ("k2", "k0")),  # no food history: dropped with source histories
+        UserSequence("v", "valid", ("f1", "k3", "f3", "k0")),
+        UserSequence("w", "valid", ("k2", "f0", "f2")),  # a food target: model selection only
+    ]
+    return Dataset("tiny", items, users)
+
+
+def _tiny_settings(tmp_path: Path) -> Settings:
+    return load_settings(overrides={"work_dir": str(tmp_path / "work")})
+
+
+def _old_fingerprint(data: Dataset, split: Split) -> str:
+    """``data_fingerprint`` as it was before candidate exclusions existed."""
+    h = hashlib.sha256()
+    for item_id in sorted(data.items):
+        h.update(f"{item_id}\t{data.items[item_id].domain}\n".encode())
+    h.update(f"--{split}--\n".encode())
+    for user in sorted(data.iter_split(split), key=lambda u: u.user_id):
+        h.update(f"{user.user_id}\t{' '.join(user.items)}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def test_source_histories_never_draw_earlier_target_items_as_negatives(tmp_path: Path) -> None:
+    data, settings = _tiny(), _tiny_settings(tmp_path)
+    original = {(u.split, u.user_id): u for u in data.users}
+    out, _ = apply_transfer(data, Transfer.parse("food:kitchen", "source"))
+    # The models see the SOURCE history only; the TARGET items removed from it are recorded.
+    assert {(u.split, u.user_id): u.history for u in out.users if u.split != "train"} == {
+        ("test", "a"): ("f0", "f1"),
+        ("test", "b"): ("f4",),
+        ("test", "c"): ("f2", "f5"),
+        ("valid", "v"): ("f1", "f3"),
+    }
+    assert out.candidate_exclusions == {
+        ("test", "a"): ("k1", "k2"),
+        ("test", "b"): ("k0",),
+        ("valid", "v"): ("k3",),
+    }
+    pools = DomainPools(out)
+    for split in ("valid", "test"):
+        for protocol in PROTOCOLS:
+            cands = get_candidates(out, settings, split, protocol)
+            for user in out.split(split):
+                cset = cands.get(user)
+                assert (
+                    cset.target == user.target and cset.candidates[cset.target_index] == cset.target
+                )
+                seen = set(original[(split, user.user_id)].history)
+                # Every kitchen item the user never touched, and only those, besides the target.
+                assert set(cset.candidates) - {cset.target} == set(KITCHEN) - seen - {cset.target}
+                assert len(set(cset.candidates)) == len(cset.candidates) == cands.count(user)
+    # Without the exclusions (the old behaviour), the earlier TARGET items would be drawn.
+    user_a = next(u for u in out.split("test") if u.user_id == "a")
+    plain, _ = sample_candidates(user_a, pools, 100, settings.seed)
+    assert {"k1", "k2"} <= set(plain.candidates)
+    assert {"k1", "k2"} <= set(full_candidates(user_a, pools).candidates)
+    excl, _ = sample_candidates(user_a, pools, 100, settings.seed, out.candidate_exclusions)
+    assert set(excl.candidates) == {"k0", "k3", "k4"}
+    assert set(full_candidates(user_a, pools, out.candidate_exclusions).candidates) == {
+        "k0",
+        "k3",
+        "k4",
+    }
+
+
+def test_source_candidates_sampled_without_exclusions_are_never_reused(tmp_path: Path) -> None:
+    data, settings = _tiny(), _tiny_settings(tmp_path)
+    out, _ = apply_transfer(data, Transfer.parse("food:kitchen", "source"))
+    # What the code before candidate exclusions wrote for this data: same name, same rows.
+    stale = get_candidates(Dataset(out.name, out.items, out.users), settings, "test", "sampled-100")
+    assert stale.path is not None and stale.path.name.endswith("-seed42.jsonl")
+    fresh = get_candidates(out, settings, "test", "sampled-100")
+    assert fresh.path == default_path(settings, out, "test", "sampled-100") != stale.path
+    assert fresh.path is not None and fresh.path.name.endswith("-seed42-excl.jsonl")
+    header = json.loads(fresh.path.read_text(encoding="utf-8").splitlines()[0])
+    assert header["exclusions"] == 2 and header["fingerprint"] == data_fingerprint(out, "test")
+    assert header["fingerprint"] != _old_fingerprint(out, "test")
+    with pytest.raises(CandidatesError, match="made for other data"):
+        get_candidates(out, settings, "test", "sampled-100", path=stale.path)
+    again = get_candidates(out, settings, "test", "sampled-100")  # the new file is reused
+    assert {c.user_id: c for c in again} == {c.user_id: c for c in fresh}
+
+
+@pytest.mark.parametrize("protocol", [None, "target"])
+def test_in_domain_and_target_histories_keep_their_candidates(
+    tmp_path: Path, protocol: str | None
+) -> None:
+    data, settings = _tiny(), _tiny_settings(tmp_path)
+    spec = Transfer.parse(None if protocol is None else "food:kitchen", protocol or "target")
+    out, _ = apply_transfer(data, spec)
+    assert out.candidate_exclusions == {}
+    assert selection_data(data, spec).candidate_exclusions == {}
+    pools = DomainPools(out)
+    for split in ("valid", "test"):
+        assert data_fingerprint(out, split) == _old_fingerprint(out, split)
+        for protocol_name in PROTOCOLS:
+            cands = get_candidates(out, settings, split, protocol_name)
+            for user in out.split(split):
+                # The direct call path, with no exclusions: what the candidates always were.
+                if protocol_name == "full":
+                    expected = full_candidates(user, pools)
+                else:
+                    n_neg = NEGATIVES[protocol_name]
+                    expected = sample_candidates(user, pools, n_neg, settings.seed)[0]
+                assert cands.get(user) == expected
+                assert cands.count(user) == len(expected.candidates)
+            if cands.path is not None:
+                assert cands.path.name == f"{out.name}-{split}-{protocol_name}-seed42.jsonl"
+                header = json.loads(cands.path.read_text(encoding="utf-8").splitlines()[0])
+                assert list(header) == [
+                    "recbridge_candidates",
+                    "protocol",
+                    "split",
+                    "seed",
+                    "data",
+                    "fingerprint",
+                    "n_users",
+                ]
