@@ -50,3 +50,25 @@ def plot_results(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
+
+
+def plot_study(panels: dict[str, list[tuple[str, float, float]]], path: Path, title: str) -> Path:
+    """One panel per protocol: each row's mean NDCG@10 over seeds with ± 1 sd error bars.
+
+    ``panels``: protocol tag -> [(row, mean, sd)], in the study file's row order.
+    """
+    fig = Figure(figsize=(4.2 * max(1, len(panels)), 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(1, len(panels)), squeeze=False)[0]
+    for ax, (tag, rows) in zip(axes, panels.items(), strict=False):
+        y = np.arange(len(rows))[::-1]
+        ax.barh(y, [m for _, m, _ in rows], xerr=[s for _, _, s in rows], capsize=3)
+        ax.set_yticks(y, [r for r, _, _ in rows], fontsize="small")
+        ax.set_title(tag, fontsize="small")
+        ax.set_xlabel("NDCG@10 (mean ± sd over seeds)")
+        ax.set_xlim(left=0)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path

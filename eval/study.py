@@ -46,6 +46,7 @@ from agent.models.checkpoint import FIT_REPORT_FILE
 from agent.models.registry import UnknownModelError, recommender_class
 from eval.evaluator import EvalResult, RankingEvaluator
 from eval.modelprep import is_checkpoint, prepare_model
+from eval.plot import plot_study
 from eval.transfer import HistoryFrom, Transfer, TransferError, apply_transfer, transfer_settings
 
 log = logging.getLogger(__name__)
@@ -521,7 +522,7 @@ def write_study(
     root: Path, spec: StudySpec, summaries: list[RowSummary], failed: Sequence[str]
 ) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    md = root / "study.md"
+    md = root / "study.md"  # and study.json, study.png
     md.write_text(study_markdown(spec, summaries, failed), encoding="utf-8")
 
     def stat(s: Stat | None) -> dict[str, float] | None:
@@ -548,4 +549,10 @@ def write_study(
         ],
     }
     (root / "study.json").write_text(json.dumps(body, indent=1), encoding="utf-8")
+    panels: dict[str, list[tuple[str, float, float]]] = {}
+    for s in summaries:
+        stat_ = s.metrics["overall"]["ndcg@10"]
+        panels.setdefault(s.tag, []).append((s.row, stat_.mean, stat_.sd))
+    if panels:
+        plot_study(panels, root / "study.png", f"study {spec.name}: test users")
     return md

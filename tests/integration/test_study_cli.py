@@ -68,6 +68,7 @@ def test_study_trains_each_seed_reports_failures_and_resumes(
     assert "| `pop` | det. |" in report and "| `recg` | 2 |" in report
     assert "| `recg-noSeq` | 2 |" in report and "(recg) |" in report and "(pop) |" in report
     assert "in-domain/broken/seed1" in report  # the failure is listed
+    assert (root / "study.png").stat().st_size > 1000
     body = json.loads((root / "study.json").read_text(encoding="utf-8"))
     rows = {(r["tag"], r["row"]): r for r in body["rows"]}
     assert ("in-domain", "broken") not in rows

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from eval.study import Cell, StudyError, aggregate, load_study, plan_training, study_markdown
+from eval.study import (
+    Cell,
+    StudyError,
+    aggregate,
+    load_study,
+    plan_training,
+    study_markdown,
+    write_study,
+)
 
 
 def _write(tmp_path: Path, body: str) -> Path:
@@ -47,8 +56,9 @@ def test_a_good_study_plans_one_job_per_trained_row_seed_and_protocol(tmp_path: 
     assert [j.seed for j in jobs[:4]] == [1, 1, 1, 1]  # seed by seed
     first = jobs[0]
     assert first.out == tmp_path / "root" / "checkpoints" / "in-domain" / "id" / "seed1"
-    assert first.argv[3:] == ["--set", "work_dir=/w", "--set", "train.epochs=2", "train",
-                              "--model", "sasrec-id", "--seed", "1", "--out", str(first.out)]  # fmt: skip
+    expected = ["--set", "work_dir=/w", "--set", "train.epochs=2", "train", "--model",
+                "sasrec-id", "--seed", "1", "--out", str(first.out)]  # fmt: skip
+    assert first.argv[3:] == expected
     zero = [j for j in jobs if j.transfer.zero_shot]
     assert {j.transfer.spec for j in zero} == {"food:kitchen"}
     assert zero[0].argv[-2:] == ["--transfer", "food:kitchen"]
@@ -127,3 +137,17 @@ def test_aggregate_gives_mean_sample_sd_and_paired_deltas(tmp_path: Path) -> Non
     assert row in text  # one domain: no separate overall column
     assert "| `pop` | det. |" in text
     assert "in-domain/recg/seed2" in text  # failures are listed, not hidden
+
+
+def test_write_study_writes_markdown_json_and_plot(tmp_path: Path) -> None:
+    spec = load_study(_write(tmp_path, GOOD))
+    cells = [_cell("pop", None, 0.10, 0.2), _cell("id", 1, 0.20, 0.3), _cell("id", 2, 0.3, 0.5)]
+    md = write_study(tmp_path / "out", spec, aggregate(spec, cells), [])
+    assert md.read_text(encoding="utf-8").startswith("# Study `s`")
+    body = json.loads((tmp_path / "out" / "study.json").read_text(encoding="utf-8"))
+    ident = next(r for r in body["rows"] if r["row"] == "id")
+    assert ident["metrics"]["overall"]["ndcg@10"] == pytest.approx(
+        {"mean": 0.25, "sd": 0.0707107, "n": 2}, rel=1e-5
+    )
+    assert ident["delta_ndcg10"]["mean"] == pytest.approx(0.15)
+    assert (tmp_path / "out" / "study.png").read_bytes()[:4] == b"\x89PNG"
