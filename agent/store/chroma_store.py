@@ -18,11 +18,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 import chromadb
+import httpx
 import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Metadata
 from chromadb.config import Settings as ChromaSettings
+from chromadb.errors import ChromaError
 from tqdm import tqdm
 
 from agent.config import Settings
@@ -31,6 +33,8 @@ from agent.data.schema import Dataset
 log = logging.getLogger(__name__)
 
 _TITLE_CHARS = 200  # metadata is for people reading the store, not for search
+# What a server that died or broke mid-run raises through chromadb's HTTP client.
+_STORE_FAILURES = (httpx.HTTPError, ChromaError, ConnectionError, OSError)
 
 
 class StoreError(RuntimeError):
@@ -173,17 +177,32 @@ class ItemIndex:
         with tqdm(total=len(todo), desc="indexing items", unit="item", disable=not progress) as bar:
             for start in range(0, len(todo), self.batch_size):
                 dense_ids = todo[start : start + self.batch_size]
-                self._upsert(data, embeddings, dense_ids)
+                try:
+                    self._upsert(data, embeddings, dense_ids)
+                except _STORE_FAILURES as exc:
+                    raise self._failed("upsert", start, len(todo), exc) from exc
                 bar.update(len(dense_ids))
                 log.debug("upserted %d/%d", start + len(dense_ids), len(todo))
         for start in range(0, len(stale), self.batch_size):
-            self.collection.delete(ids=stale[start : start + self.batch_size])
+            try:
+                self.collection.delete(ids=stale[start : start + self.batch_size])
+            except _STORE_FAILURES as exc:
+                raise self._failed("delete", start, len(stale), exc) from exc
         return IndexReport(
             items=len(catalog),
             upserted=len(todo),
             deleted=len(stale),
             count=self.count(),
             seconds=time.perf_counter() - started,
+        )
+
+    def _failed(self, what: str, done: int, total: int, exc: Exception) -> StoreError:
+        """One line for a store that stopped answering mid-run: where, how far, how to resume."""
+        where = self.settings.store.url or str(self.settings.store_path)
+        return StoreError(
+            f"Chroma at {where} failed during {what} after {done} of {total} items "
+            f"({type(exc).__name__}: {exc}); what was written is kept: run `recbridge index` "
+            "again to resume"
         )
 
     def _upsert(self, data: Dataset, embeddings: np.ndarray, dense_ids: Sequence[int]) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -62,12 +63,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``chroma run`` server on a free loopback port; yields its URL."""
+@contextmanager
+def running_chroma_server(root: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real ``chroma run`` server on a free loopback port: (URL, process); stopped on exit."""
     if not CHROMA_BIN.exists():
         pytest.skip("the chroma console script is not installed")
-    root = tmp_path_factory.mktemp("chroma-server")
+    root.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log_file = (root / "server.log").open("wb")
@@ -102,7 +103,7 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if time.monotonic() > deadline:
                 pytest.fail("chroma server did not answer its heartbeat within 60 s")
             time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
@@ -111,6 +112,13 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.kill()
             proc.wait()
         log_file.close()
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real Chroma server for the session; yields its URL."""
+    with running_chroma_server(tmp_path_factory.mktemp("chroma-server")) as (url, _):
+        yield url
 
 
 @pytest.fixture(params=["embedded", "server"])

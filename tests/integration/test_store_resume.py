@@ -16,6 +16,7 @@ import pytest
 from agent.config import Settings, load_settings
 from agent.data.schema import Dataset
 from agent.store.chroma_store import ItemIndex, make_client
+from tests.integration.conftest import running_chroma_server
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,3 +80,47 @@ def test_killed_index_run_resumes(
     vectors = index.vectors(slice_data.catalog.ids)
     for iid, dense in slice_data.catalog.index.items():
         assert np.allclose(vectors[iid], slice_embeddings[dense], atol=1e-6)
+
+
+def test_chroma_server_killed_mid_index_is_one_clear_error(
+    tmp_path: Path,
+    slice_dir: Path,
+    slice_embeddings: np.ndarray,  # fills the embedding cache: the run only indexes
+    session_settings: Settings,
+) -> None:
+    """The server dies after the first batch: exit 2 with one line naming the server, how far
+    it got and how to resume; no traceback."""
+    settings = load_settings(
+        overrides={
+            "work_dir": str(tmp_path / "work"),
+            "embedding.cache_dir": str(session_settings.embedding_cache_dir),
+        }
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    with running_chroma_server(tmp_path / "server") as (url, server):
+        cmd = _index_cmd(settings, slice_dir)
+        cmd[cmd.index("index") : cmd.index("index")] = ["--set", f"store.url={url}"]
+        run = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert run.stderr is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 120
+        try:
+            for line in run.stderr:
+                lines.append(line)
+                if "upserted 20/" in line:  # the first batch is in; the server goes
+                    server.kill()
+                    server.wait()
+                    break
+                assert time.monotonic() < deadline, "".join(lines[-20:])
+            lines += run.stderr.readlines()  # the rest, up to its exit
+            run.wait(timeout=120)
+        finally:
+            run.kill()
+    stderr = "".join(lines)
+    assert run.returncode == 2, stderr[-3000:]
+    assert "Traceback" not in stderr
+    error = " ".join(stderr[stderr.index("error:") :].split())
+    assert f"Chroma at {url} failed during upsert after 20 of" in error
+    assert "run `recbridge index` again to resume" in error
