@@ -472,13 +472,19 @@ def aggregate(spec: StudySpec, cells: list[Cell]) -> list[RowSummary]:
     return sorted(out, key=lambda s: (s.tag, order[s.row]))
 
 
-def study_markdown(spec: StudySpec, summaries: list[RowSummary], failed: Sequence[str]) -> str:
+def study_markdown(
+    spec: StudySpec,
+    summaries: list[RowSummary],
+    failed: Sequence[str],
+    seeds: Sequence[int] | None = None,
+) -> str:
     lines = [f"# Study `{spec.name}`", ""]
     if spec.description:
         lines += [spec.description.strip(), ""]
     lines += [
-        f"Seeds {', '.join(map(str, spec.seeds))} (mean ± sample sd over the seeds that ran; "
-        f"n = seeds); candidates and tie-breaking seeded by {spec.eval_seed} for every model. "
+        f"Seeds {', '.join(map(str, seeds or spec.seeds))} (mean ± sample sd over the seeds "
+        f"that ran; n = seeds); candidates and tie-breaking seeded by {spec.eval_seed} for "
+        "every model. "
         f"Shared settings: {', '.join(f'`{s}`' for s in spec.set) or 'defaults'}.",
         "",
     ]
@@ -519,17 +525,22 @@ def study_markdown(spec: StudySpec, summaries: list[RowSummary], failed: Sequenc
 
 
 def write_study(
-    root: Path, spec: StudySpec, summaries: list[RowSummary], failed: Sequence[str]
+    root: Path,
+    spec: StudySpec,
+    summaries: list[RowSummary],
+    failed: Sequence[str],
+    seeds: Sequence[int] | None = None,
 ) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     md = root / "study.md"  # and study.json, study.png
-    md.write_text(study_markdown(spec, summaries, failed), encoding="utf-8")
+    md.write_text(study_markdown(spec, summaries, failed, seeds), encoding="utf-8")
 
     def stat(s: Stat | None) -> dict[str, float] | None:
         return None if s is None else {"mean": s.mean, "sd": s.sd, "n": s.n}
 
     body = {
         "study": spec.model_dump(),
+        "seeds": list(seeds or spec.seeds),
         "failed": list(failed),
         "rows": [
             {

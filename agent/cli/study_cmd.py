@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
             seeds=wanted,
         )
         summaries = aggregate(spec, cells)
-        md = write_study(root, spec, summaries, failed)
+        md = write_study(root, spec, summaries, failed, wanted)
         console.print(md.read_text(encoding="utf-8"), markup=False, highlight=False)
         log.info("study report: %s (and study.json)", md)
         if failed:
