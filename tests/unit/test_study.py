@@ -11,6 +11,7 @@ from eval.study import (
     Cell,
     StudyError,
     aggregate,
+    check_row_settings,
     load_study,
     plan_training,
     study_markdown,
@@ -151,3 +152,11 @@ def test_write_study_writes_markdown_json_and_plot(tmp_path: Path) -> None:
     )
     assert ident["delta_ndcg10"]["mean"] == pytest.approx(0.15)
     assert (tmp_path / "out" / "study.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name", ["in_domain.toml", "zero_shot.toml"])
+def test_the_shipped_study_files_load_with_valid_settings(name: str) -> None:
+    path = Path(__file__).resolve().parents[2] / "eval" / "studies" / name
+    spec = load_study(path)
+    check_row_settings(spec)  # every row's settings load (a typo would stop the study)
+    assert spec.seeds == [42, 43, 44] and len(spec.rows) >= 6
