@@ -26,6 +26,12 @@ def register(app: typer.Typer) -> None:
     app.command("recommend")(recommend)
 
 
+def _shown(title: str) -> str:
+    """A catalogue title for the terminal: HTML entities decoded (the data carries them), cut
+    to 80 characters, rich markup escaped."""
+    return escape(html.unescape(title)[:80])
+
+
 def _list_table(title: str, items: list[ListedItem], target: str | None) -> Table:
     table = Table(title=title, box=None, title_justify="left")
     table.add_column("#", justify="right")
@@ -34,8 +40,7 @@ def _list_table(title: str, items: list[ListedItem], target: str | None) -> Tabl
     table.add_column("")
     for rank, item in enumerate(items, start=1):
         mark = "<- target" if item.item_id == target else ""
-        title = escape(html.unescape(item.title)[:80])  # catalogue titles carry HTML entities
-        table.add_row(str(rank), title, str(item.retrieval_rank), mark)
+        table.add_row(str(rank), _shown(item.title), str(item.retrieval_rank), mark)
     return table
 
 
@@ -51,7 +56,7 @@ def render_recommendation(rec: Recommendation, data: Dataset, target: str | None
     history.add_column("title")
     for pos, item_id in list(enumerate(rec.history))[-SHOWN_HISTORY:]:
         item = data.items[item_id]
-        history.add_row(str(pos), item.domain, escape(html.unescape(item.title)[:80]))
+        history.add_row(str(pos), item.domain, _shown(item.title))
     parts: list[object] = [history]
     if rec.profile is not None:
         p = rec.profile.profile
@@ -63,8 +68,7 @@ def render_recommendation(rec: Recommendation, data: Dataset, target: str | None
             lines.append(f"  cross-domain: {escape('; '.join(p.cross_domain_themes))}")
         parts.append("\n".join(lines))
     if target is not None:
-        title = html.unescape(data.items[target].title)[:80]
-        parts.append(f"held-out target: {escape(title)}")
+        parts.append(f"held-out target: {_shown(data.items[target].title)}")
     parts.append(_list_table(f"retrieved by {rec.retriever} ({rec.domain})", rec.retrieved, target))
     if rec.reranker is not None:
         note = " [red](fallback: retrieval order)[/red]" if rec.fallback else ""

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from agent.cli.common import UserError, console, handles_user_errors, log, state
+from agent.config import load_settings
 from agent.data.loader import load_dataset
 
 
@@ -60,7 +61,7 @@ def register(app: typer.Typer) -> None:
             check_row_settings(spec, st.config_file, base_set)
         except StudyError as exc:
             raise UserError(f"{file}: {exc}") from None
-        settings = st.settings(**{"data.path": str(data) if data else None})
+        settings = load_settings(st.config_file, set_items=base_set)
         root = study_dir(settings, spec)
         wanted = _seeds(seeds)
         failed: list[str] = []
