@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: install vllm-env llm-prepare run test test-unit lint bench bench-methods clean
+.PHONY: install vllm-env llm-prepare run test test-unit lint bench bench-methods bench-api clean
 
 # torch first, pinned: a looser pin pulls a multi-GB CUDA build.
 $(STAMP): pyproject.toml Makefile
@@ -69,6 +69,32 @@ bench: install
 # Seconds per epoch and peak RSS of each trained model, each in its own process (EPOCHS=1).
 bench-methods: install
 	$(BIN)/python -m benchmarks.bench_methods --data $(DATA) --epochs $(or $(EPOCHS),1) --out runs/bench/methods.json
+
+# Load benchmark of `recbridge serve` (/v1/rerank, concurrency 1/8/32, retriever alone and with
+# the LLM) against the same pipeline in-process; needs the sasrec-id checkpoint (`make run`).
+bench-api: install
+	$(BIN)/python -m benchmarks.bench_api --data $(DATA) --out runs/bench/api.json
+
+# LoRA reranker adapters (finetune/): examples from train rows only, then 60 optimizer steps
+# of 8 examples each (about 35-45 min per adapter on 2 CPU cores; `--device cuda` on a GPU).
+# Resumable: run it again after an interruption. `make run` then adds the best adapter's row.
+FINETUNE_STEPS ?= 60
+# As the README's adapters were trained (bf16 autocast: no faster here, kept for identity).
+FINETUNE_SET ?= --set llm.threads=1 --set finetune.bf16=true
+finetune: install llm-prepare
+	$(BIN)/recbridge finetune data --recipe random --examples 4000
+	$(BIN)/recbridge finetune data --recipe hard --examples 4000
+	$(BIN)/recbridge $(FINETUNE_SET) finetune train --recipe random --steps $(FINETUNE_STEPS)
+	$(BIN)/recbridge $(FINETUNE_SET) finetune train --recipe hard --steps $(FINETUNE_STEPS)
+	$(BIN)/recbridge finetune export verbalizer-random --which last
+	$(BIN)/recbridge finetune export verbalizer-hard --which last
+
+# The issue-10 table: retriever alone vs base and LoRA verbalizers (eval/studies/rerank.toml).
+finetune-eval: install
+	$(BIN)/recbridge finetune eval --file eval/studies/rerank.toml
+
+bench-finetune: install
+	$(BIN)/python -m benchmarks.bench_finetune --steps $(or $(STEPS),3) --out runs/bench/finetune.json
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache .mypy_cache .ruff_cache

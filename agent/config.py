@@ -20,7 +20,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from agent.models.method_settings import MethodSettings
+from agent.models.method_settings import MethodSettings, RankingLossName
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "food-kitchen"
@@ -112,7 +112,14 @@ class TrainSettings(BaseModel):
     patience: int = 5  # evaluations without a gain before stopping
     eval_every: int = 1
     valid_users: int = 0  # 0 = all valid users for early stopping
-    num_negatives: int = 1  # per position, sampled from the target's own domain
+    # The ranking loss of sasrec-id, sasrec-text, sasrec-hybrid, gru4rec, llm4cdsr and semacdr
+    # (agent/models/ranking.py): bce (SASRec's), bpr, ce (softmax over all items of the
+    # target's domain), sampled-softmax (popularity negatives, logQ-corrected), gbce (gSASRec).
+    loss: RankingLossName = "bce"
+    # negatives per position, from the target's own domain; None: 1 for bce, 5 for bpr, 256 for
+    # sampled-softmax and gbce (ce uses the whole domain)
+    num_negatives: int | None = None
+    gbce_t: float = 0.75  # gSASRec's calibration t: 0 = plain BCE, 1 = fully calibrated
     # sasrec-text: frozen text vectors -> PCA whitening (text_whiten) -> adapter (mlp:
     # LayerNorm, Linear(d, width), GELU, Linear(width, hidden); linear: LayerNorm, Linear)
     text_adapter: Literal["linear", "mlp"] = "mlp"
@@ -161,6 +168,9 @@ class LLMSettings(BaseModel):
     port: int = 8011
     # float32 makes vLLM's greedy output match the local (fp32) backend token for token.
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # The local backend's weights: bfloat16 is faster on a CPU with avx512_bf16 (evaluations
+    # of many users), float32 agrees with vLLM served in float32 token for token.
+    local_dtype: Literal["float32", "bfloat16"] = "float32"
     max_model_len: int = 2048
     max_lora_rank: int = 8
     kv_cache_gb: int = 2
@@ -176,6 +186,24 @@ class ProfileTemplates(BaseModel):
     domain: str = "profile_domain.j2"  # LLM4CDSR "summarizer": group summaries -> domain profile
     cross: str = "profile_cross.j2"  # domain profiles -> one cross-domain profile
     repair: str = "profile_repair.j2"  # the retry after an unparseable profile
+
+
+class NextInterestSettings(BaseModel):
+    """Next-interest profiles: what a shopper buys next in one domain, as short JSON lists
+    (``prompts/profile_next.j2``; trained by ``finetune train --kind profile``, measured by
+    ``recbridge profile-eval``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template: str = "profile_next.j2"
+    history_items: int = Field(default=10, ge=1)  # most recent titles (all domains) shown
+    title_chars: int = Field(default=60, ge=10)
+    next_items: int = Field(default=3, ge=1)  # training answer: the next N items of the domain
+    max_list_items: int = Field(default=4, ge=1)  # per list of the JSON (schema maxItems)
+    phrase_chars: int = Field(default=40, ge=5)  # schema maxLength of each phrase
+    max_tokens: int = Field(default=96, ge=8)
+    constrained: bool = True  # send the JSON schema (xgrammar / vLLM structured outputs)
+    adapter: str = "profile-next"  # the LoRA profile adapter's name (adapters_dir)
 
 
 class ProfileSettings(BaseModel):
@@ -200,7 +228,11 @@ class ProfileSettings(BaseModel):
     batch_users: int = 8  # users per batch; results are cached after each batch
     cache_dir: Path | None = None  # default: <work_dir>/profiles
     users_collection: str = "users"
+    # A LoRA adapter (by name, see llm.adapters / <work_dir>/adapters) for every profiling
+    # call, on both backends; None = the base model. Part of the profile cache key.
+    adapter: str | None = None
     templates: ProfileTemplates = Field(default_factory=ProfileTemplates)
+    next: NextInterestSettings = Field(default_factory=NextInterestSettings)
 
 
 class RerankTemplates(BaseModel):
@@ -234,9 +266,96 @@ class RerankSettings(BaseModel):
     reason: bool = False  # listwise: ask for a one-sentence reason too (more tokens)
     max_tokens: int | None = None  # listwise answer budget; None = sized to the window
     adapter: str | None = None  # a LoRA adapter name from llm.adapters; None = base model
+    # Score fusion (agent/rerank/fusion.py): final = w x retriever + (1 - w) x LLM, each
+    # min-max normalised per list; None = the LLM's order alone. Choose w on valid users only.
+    fusion_weight: float | None = Field(default=None, ge=0.0, le=1.0)
     # Evaluation: users per round of LLM requests; each finished round is cached (resume).
     batch_users: int = Field(default=8, ge=1)
     templates: RerankTemplates = Field(default_factory=RerankTemplates)
+
+
+class FinetuneSettings(BaseModel):
+    """LoRA training of the reranker and profile adapters (``recbridge finetune``, finetune/)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out_dir: Path | None = None  # default: <work_dir>/finetune (data, runs; adapters beside)
+    # Training data, from train rows only. random: LlamaRec (prefix, next item, 19 uniform
+    # negatives of its domain); hard: the top 20 of a retriever that never saw the target.
+    recipe: Literal["random", "hard"] = "random"
+    kind: Literal["verbalizer", "listwise"] = "verbalizer"
+    max_examples: int = Field(default=2000, ge=1)  # a seeded sample of train rows, one each
+    per_user: int = Field(default=1, ge=1)  # random recipe: prefixes drawn per sampled row
+    candidates: int = Field(default=20, ge=2, le=20)  # labels A..T
+    retriever: str = "sasrec-id"  # hard recipe: retrained with each train row's last item out
+    # The prompt the adapter learns (saved in its card; rerankers using it get the same).
+    one_shot: bool = False  # the adapter learns the format: no worked example turn
+    use_profile: bool = False
+    title_chars: int = Field(default=50, ge=10)  # shorter titles: a shorter, cheaper prompt
+    # LoRA (peft). Small-model practice: r 8-16, alpha 2r, all linear layers.
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+    )
+    # LoRA on layers >= this one only (0 = all): the backward pass then stops there, which on
+    # a CPU is most of a step's cost (benchmarks/bench_finetune.py).
+    first_layer: int = Field(default=0, ge=0)
+    lr: float = Field(default=1e-3, gt=0)
+    warmup_steps: int = Field(default=10, ge=0)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    batch_size: int = Field(default=4, ge=1)  # examples per forward pass
+    grad_accum: int = Field(default=2, ge=1)  # forward passes per optimizer step
+    epochs: int = Field(default=1, ge=1)
+    max_steps: int = Field(default=0, ge=0)  # 0 = epochs x examples / (batch x accum)
+    max_len: int = Field(default=1024, ge=64)  # tokens; longer prompts are dropped, counted
+    # Verbalizer: FIRST's pairwise (RankNet) term over the label logits, added to the CE.
+    pairwise_weight: float = Field(default=0.0, ge=0.0)
+    # bfloat16 autocast (the adapter is saved and served in fp32). On this CPU (avx512_bf16,
+    # no AMX) it measured no faster than fp32: 11.4 vs 11.7 s per step of 4 examples
+    # (benchmarks/bench_finetune.py); LoRA on the top layers only (first_layer) is what pays.
+    bf16: bool = False
+    checkpoint_every: int = Field(default=5, ge=1)  # optimizer steps between resumable saves
+    eval_every: int = Field(default=20, ge=1)  # optimizer steps between valid NDCG@10 checks
+    valid_users: int = Field(default=32, ge=1)  # fixed seeded sample of valid users
+    patience: int = Field(default=0, ge=0)  # valid checks without a gain; 0 = run all steps
+    device: str = "cpu"  # or cuda
+    threads: int = 1  # torch threads (1: robust on a shared 2-core box); 0 = torch default
+
+
+class ServeSettings(BaseModel):
+    """``recbridge serve``: the HTTP API over one long-lived service (agent/api/)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"  # loopback by default: expose it on purpose
+    port: int = Field(default=8080, ge=0, le=65535)
+    # Pipelines listed by GET /v1/models: "retriever[+reranker[-noprofile]]".
+    pipelines: list[str] = Field(
+        default_factory=lambda: ["text-knn", "text-knn+listwise", "sasrec-id+listwise"]
+    )
+    default_pipeline: str | None = None  # None: the first of ``pipelines``
+    train_missing: bool = False  # train a retriever that has no checkpoint (else: start fails)
+    api_keys: list[str] = Field(default_factory=list)  # bearer keys; none (and no file) = open
+    api_keys_file: Path | None = None  # one key a line, '#' comments; read at start
+    max_body_bytes: int = Field(default=262_144, ge=1024)
+    max_history: int = Field(default=200, ge=1)  # items in one request's history
+    max_candidates: int = Field(default=100, ge=1)  # candidates / documents in one request
+    max_top_k: int = Field(default=100, ge=1)
+    max_concurrency: int = Field(default=16, ge=1)  # requests in flight; more get 429
+    retry_after_s: int = Field(default=1, ge=1)
+    llm_timeout_s: float | None = None  # per LLM request inside the API; None = llm.timeout_s
+    graceful_timeout_s: float = Field(default=30.0, ge=0)  # shutdown waits for requests in flight
 
 
 class Settings(BaseSettings):
@@ -256,6 +375,8 @@ class Settings(BaseSettings):
     profile: ProfileSettings = Field(default_factory=ProfileSettings)
     methods: MethodSettings = Field(default_factory=MethodSettings)
     rerank: RerankSettings = Field(default_factory=RerankSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -285,6 +406,15 @@ class Settings(BaseSettings):
     @property
     def profile_cache_dir(self) -> Path:
         return self.profile.cache_dir or self.work_dir / "profiles"
+
+    @property
+    def finetune_dir(self) -> Path:
+        return self.finetune.out_dir or self.work_dir / "finetune"
+
+    @property
+    def adapters_dir(self) -> Path:
+        """Where trained adapters go; every folder here with an adapter_card.json is served."""
+        return self.work_dir / "adapters"
 
     @property
     def llm_url(self) -> str:

@@ -6,7 +6,10 @@
 
 Models (``VARIANTS``: registry name + the settings it runs with):
 
-- ``sasrec-id``, ``sasrec-text``: the baselines.
+- ``sasrec-id``, ``sasrec-text``, ``sasrec-hybrid``, ``gru4rec``: the sequential baselines
+  (``train.loss`` as set, bce by default).
+- ``sasrec-id-ce``, ``sasrec-id-sampled-softmax``, ``sasrec-id-gbce``: sasrec-id with each
+  other loss (its default number of negatives), for the cost of the loss alone.
 - ``llm4cdsr``: the full method (contrastive regularization, both domain threads, the profile
   term on the train users with a cached profile).
 - ``llm-recg-sasrec``, ``llm-recg-gru4rec``: LLM-RecG on each backbone; the fusion phase runs
@@ -51,6 +54,12 @@ log = logging.getLogger("benchmarks.methods")
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "sasrec-id": ("sasrec-id", []),
     "sasrec-text": ("sasrec-text", []),
+    "sasrec-hybrid": ("sasrec-hybrid", []),
+    "gru4rec": ("gru4rec", []),
+    # the losses on sasrec-id (agent/models/ranking.py); bce is the row above
+    "sasrec-id-ce": ("sasrec-id", ["train.loss=ce"]),
+    "sasrec-id-sampled-softmax": ("sasrec-id", ["train.loss=sampled-softmax"]),
+    "sasrec-id-gbce": ("sasrec-id", ["train.loss=gbce"]),
     "llm4cdsr": ("llm4cdsr", []),
     "llm-recg-sasrec": ("llm-recg", ["methods.llm_recg.backbone=sasrec"]),
     "llm-recg-gru4rec": ("llm-recg", ["methods.llm_recg.backbone=gru4rec"]),

@@ -95,7 +95,7 @@ def serve(
         signal.signal(signal.SIGTERM, _stop)
         try:
             with server:
-                names = ", ".join([settings.llm.model, *settings.llm.adapters])
+                names = ", ".join([settings.llm.model, *server.adapters])
                 console.print(f"serving {names} at {server.url} (ready in {server.ready_s:.0f}s)")
                 console.print(f"log: {server.log_path}; Ctrl-C stops it")
                 while server.running:

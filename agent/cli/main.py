@@ -11,12 +11,16 @@ import typer
 from agent.cli import (
     data_cmd,
     eval_cmd,
+    finetune_cmd,
     index_cmd,
     llm_cmd,
     profile_cmd,
+    profile_eval_cmd,
     recommend_cmd,
+    rerank_study_cmd,
     run_cmd,
     score_cmd,
+    serve_cmd,
     study_cmd,
     train_cmd,
 )
@@ -68,8 +72,12 @@ for module in (
     run_cmd,
     llm_cmd,
     profile_cmd,
+    profile_eval_cmd,
     recommend_cmd,
     study_cmd,
+    finetune_cmd,
+    rerank_study_cmd,
+    serve_cmd,
 ):
     module.register(app)
 

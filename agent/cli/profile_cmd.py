@@ -122,17 +122,10 @@ def profile(
     ] = True,
 ) -> None:
     """LLM4CDSR-style hierarchical profiles: groups -> domain profiles -> cross-domain profile."""
-    from agent.data.loader import load_dataset
-    from agent.items.embedder import EmbeddingError, make_embedder
-    from agent.items.embeddings import item_embeddings
-    from agent.llm.backend import LLMError
-    from agent.llm.factory import make_backend
-    from agent.llm.model_files import ModelFilesError
-    from agent.profiles.cache import ProfileCache
     from agent.profiles.profiler import HierarchicalProfiler
     from agent.profiles.user_store import UserStore
-    from agent.prompts import PromptError
-    from agent.store.chroma_store import StoreError, make_client
+    from agent.service import SERVICE_ERRORS, RecBridgeService
+    from agent.store.chroma_store import make_client
 
     with user_errors():
         if backend not in (None, "local", "openai"):
@@ -142,7 +135,11 @@ def profile(
         kind: Literal["local", "openai"] | None = backend  # type: ignore[assignment]
         split_name: Split = split  # type: ignore[assignment]
         settings = state(ctx).settings(**{"data.path": str(data) if data else None, "llm.url": url})
-        dataset = load_dataset(settings.data)
+        try:
+            service = RecBridgeService.from_settings(settings, backend=kind, pipelines=[])
+        except SERVICE_ERRORS as exc:
+            raise UserError(str(exc)) from None
+        dataset = service.data
         pool = dataset.split(split_name)
         if user is not None:
             chosen = [u for u in pool if u.user_id == user]
@@ -151,10 +148,10 @@ def profile(
         else:
             chosen = pool[:users] if users else pool
         try:
-            embedder = make_embedder(settings)
+            embedder = service.embedder
             user_store = UserStore(make_client(settings), settings, embedder) if store else None
-            embeddings = item_embeddings(dataset, settings, progress=False, embedder=embedder)
-            llm = make_backend(settings, kind)
+            embeddings = service.embeddings
+            llm = service.backend  # the model prepared on first use
             out_path = out or settings.profile_cache_dir / f"{split}-{llm.name}.jsonl"
             jsonl = None if user is not None else out_path
             if jsonl is not None:
@@ -184,7 +181,8 @@ def profile(
                             t.fallbacks,
                         )
 
-            with ProfileCache(settings.profile_cache_dir) as cache:
+            cache = service.profile_cache
+            try:
                 profiler = HierarchicalProfiler(
                     llm,
                     dataset,
@@ -214,8 +212,10 @@ def profile(
                         bar.update(task, advance=len(batch), note=note)
 
                     results, stats = profiler.profile_users(chosen, progress=advance)
-        except (EmbeddingError, StoreError, LLMError, ModelFilesError, PromptError) as exc:
-            raise UserError(str(exc)) from exc
+            finally:
+                service.close_caches()
+        except SERVICE_ERRORS as exc:
+            raise UserError(str(exc)) from None
         if user is not None:
             result = results[0]
             if result.tree is None:

@@ -108,19 +108,9 @@ def recommend(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Recommend for a user of the data (--user) or a raw history (--history)."""
-    from agent.data.loader import load_dataset
-    from agent.items.embedder import EmbeddingError
-    from agent.items.embeddings import item_embeddings
-    from agent.llm.backend import LLMError
-    from agent.llm.model_files import ModelFilesError
-    from agent.models.registry import UnknownModelError
-    from agent.pipeline.build import two_stage_factory
-    from agent.pipeline.recommend import RecommendError, RecommendOptions
-    from agent.pipeline.recommend import recommend as run_pipeline
-    from agent.prompts import PromptError
-    from agent.rerank.registry import RERANKERS, make_reranker
-    from agent.store.chroma_store import StoreError
-    from eval.modelprep import ModelNotReady, prepare_model
+    from agent.pipeline.recommend import RecommendOptions, arecommend
+    from agent.rerank.registry import RERANKERS
+    from agent.service import SERVICE_ERRORS, RecBridgeService
 
     if (user is None) == (history is None):
         raise UserError("give exactly one of --user and --history")
@@ -138,19 +128,18 @@ def recommend(
             "rerank.top_n": top_n,
         }
     )
-    dataset = load_dataset(settings.data)
-    target: str | None = None
-    if user is not None:
-        found = [u for u in dataset.split(split) if u.user_id == user]  # type: ignore[arg-type]
-        if not found:
-            raise UserError(f"user {user!r} not found in split {split}")
-        items = list(found[0].history)
-        target = found[0].target
-    else:
-        items = [i.strip() for i in (history or "").split(",") if i.strip()]
     try:
-        embeddings = item_embeddings(dataset, settings, progress=False)
-        model = prepare_model(retriever, dataset, settings, train=False).model
+        service = RecBridgeService.from_settings(settings, backend=kind, pipelines=[])
+        dataset = service.data
+        target: str | None = None
+        if user is not None:
+            found = [u for u in dataset.split(split) if u.user_id == user]  # type: ignore[arg-type]
+            if not found:
+                raise UserError(f"user {user!r} not found in split {split}")
+            items = list(found[0].history)
+            target = found[0].target
+        else:
+            items = [i.strip() for i in (history or "").split(",") if i.strip()]
         options = RecommendOptions(
             user_id=user,
             domain=domain,
@@ -158,32 +147,19 @@ def recommend(
             top_k=top_k,
             history_items=settings.rerank.history_items,
             seed=settings.seed,
+            fusion_weight=settings.rerank.fusion_weight,
         )
-        with two_stage_factory(settings, backend=kind, embeddings=embeddings) as factory:
-            ranker = (
-                make_reranker(reranker, factory.backend, settings, use_profile=use_profile)
-                if reranker != "none"
-                else None
-            )
-            profiles = factory.profile_source(dataset) if use_profile else None
-            rec = run_pipeline(
+        rec = service.run(
+            arecommend(
                 dataset,
-                model,
+                service.retriever(retriever),
                 items,
-                reranker=ranker,
-                profiles=profiles,
+                reranker=service.reranker(reranker, use_profile) if reranker != "none" else None,
+                profiles=service.profiles if use_profile else None,
                 options=options,
             )
-    except (
-        RecommendError,
-        UnknownModelError,
-        ModelNotReady,
-        LLMError,
-        ModelFilesError,
-        EmbeddingError,
-        StoreError,
-        PromptError,
-    ) as exc:
+        )
+    except SERVICE_ERRORS as exc:
         raise UserError(str(exc)) from None
     if as_json:
         sys.stdout.write(rec.model_dump_json(indent=2) + "\n")

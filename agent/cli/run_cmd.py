@@ -26,10 +26,11 @@ from agent.data.schema import Dataset, UserSequence
 from agent.data.stats import compute_stats
 from agent.items.embedder import make_embedder
 from agent.items.embeddings import item_embeddings
+from agent.llm.adapters import best_rerank_adapter
 from agent.llm.model_files import prepare_model
 from agent.models.base import Recommender
 from agent.models.text_knn import TextKNNRecommender
-from agent.pipeline.build import two_stage_factory
+from agent.pipeline.build import TwoStageSpec, two_stage_factory
 from agent.pipeline.recommend import RecommendOptions, recommend
 from agent.rerank.registry import make_reranker
 from agent.store.chroma_store import ItemIndex, make_client
@@ -83,6 +84,8 @@ def run(
     names = [n.strip() for n in models.split(",") if n.strip()]
     kind = llm_backend_kind(backend)
     specs = reranker_specs(rerankers, False, settings) if rerankers else []
+    if specs:
+        specs += adapter_specs(settings)
     started = time.perf_counter()
     dataset = load_dataset(settings.data)
     stats = compute_stats(dataset)
@@ -159,12 +162,28 @@ def rerank_sample(
             top_k=EXAMPLE_TOP,
             history_items=settings.rerank.history_items,
             seed=settings.seed,
+            fusion_weight=settings.rerank.fusion_weight,
         )
         rec = recommend(
             dataset, retriever, user.history, reranker=reranker, profiles=profiles, options=options
         )
     console.rule(f"example: user {user.user_id}, full {rec.domain} catalogue")
     console.print(render_recommendation(rec, dataset, target))
+
+
+def adapter_specs(settings: Settings) -> list[TwoStageSpec]:
+    """The trained verbalizer adapter (best on valid), as its own row; or one line on how to
+    train one."""
+    name = settings.rerank.adapter or best_rerank_adapter(settings, "verbalizer")
+    if name is None:
+        log.info(
+            "no trained reranker adapter in %s: `make finetune` trains one (about an hour on "
+            "2 CPU cores), then `make run` adds its row",
+            settings.adapters_dir,
+        )
+        return []
+    log.info("two-stage: adding the LoRA adapter %s (verbalizer)", name)
+    return [TwoStageSpec("verbalizer", use_profile=False, adapter=name)]
 
 
 def rerankers_of(plan: TwoStagePlan) -> str:

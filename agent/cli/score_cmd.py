@@ -8,16 +8,9 @@ from typing import Annotated, Any, Literal
 import typer
 
 from agent.cli.common import UserError, handles_user_errors, log, state
-from agent.data.loader import load_dataset
-from agent.llm.backend import LLMError
-from agent.llm.model_files import ModelFilesError
-from agent.models.registry import UnknownModelError
-from agent.pipeline.build import TwoStageSpec, two_stage_factory
-from agent.prompts import PromptError
 from agent.rerank.registry import RERANKERS
 from agent.scoring import score_file
-from eval.evaluator import make_valid_fn
-from eval.modelprep import ModelNotReady, prepare_model
+from agent.service import SERVICE_ERRORS, RecBridgeService
 
 
 def register(app: typer.Typer) -> None:
@@ -73,25 +66,19 @@ def register(app: typer.Typer) -> None:
             "rerank.top_n": top_n,
         }
         settings = state(ctx).settings(**overrides)
-        dataset = load_dataset(settings.data)
         try:
-            prep = prepare_model(
+            service = RecBridgeService.from_settings(settings, backend=kind, pipelines=[])
+            retriever = service.retriever(
                 model,
-                dataset,
-                settings,
-                checkpoint=checkpoint,
                 train=train,
-                valid_fn=make_valid_fn(dataset, settings) if train else None,
+                checkpoint=checkpoint,
                 train_hint=", or pass --train to train it now",
             )
-        except (UnknownModelError, ModelNotReady, ImportError) as exc:
-            raise UserError(str(exc)) from None
-        try:
             if reranker is None:
-                score_file(prep.model, input_path, output_path, batch_size=batch_size)
+                score_file(retriever, input_path, output_path, batch_size=batch_size)
                 return
-            with two_stage_factory(settings, backend=kind) as factory:
-                system = factory.build(prep.model, TwoStageSpec(reranker, use_profile))
+            try:
+                system = service.two_stage(retriever, reranker, use_profile)
                 # Small batches: each is one round of LLM requests, cached when it finishes.
                 score_file(
                     system,
@@ -99,8 +86,12 @@ def register(app: typer.Typer) -> None:
                     output_path,
                     batch_size=min(batch_size, settings.rerank.batch_users),
                 )
-                log.info("two-stage scoring: %s", system.stats.as_dict())
+            finally:
+                service.close_caches()
+            log.info("two-stage scoring: %s", system.stats.as_dict())
         except OSError as exc:  # unreadable input or unwritable output
             raise UserError(f"cannot score {input_path} -> {output_path}: {exc}") from None
-        except (LLMError, ModelFilesError, PromptError) as exc:
+        except SERVICE_ERRORS as exc:
+            raise UserError(str(exc)) from None
+        except ImportError as exc:  # a model whose optional dependency is missing
             raise UserError(str(exc)) from None

@@ -3,11 +3,17 @@
 items.jsonl:     {"item_id", "domain", "title",
                   optional "categories", "description", "brand", "price"}
 sequences.jsonl: {"user_id", "split": train|valid|test, "items": [item ids, oldest first]}
-For valid/test rows the last item is the held-out target.
+For valid/test rows the last item is the held-out target. A user has one train row; in valid
+and test a user may have one row per target domain (a cross-domain dataset that holds out the
+last item of each domain). Evaluation and candidates know a held-out row by its user id, so
+the rows of such a user are named ``<user_id>#<target domain>`` (each evaluated on its own),
+and the load report says how many users that concerns.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +98,7 @@ def read_sequences(
 ) -> list[UserSequence]:
     report = report if report is not None else LoadReport()
     users: list[UserSequence] = []
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str, str], int] = {}
     for lineno, obj in iter_json_lines(path, lenient=lenient, report=report):
         try:
             user_id = require_str(obj, "user_id", path, lineno)
@@ -125,10 +131,12 @@ def read_sequences(
                         line=lineno,
                         field_name="items",
                     )
-            key = (split, user_id)
+            # a held-out row is one per (user, target domain); a train row one per user
+            key = (split, user_id, "" if split == "train" else items[seq[-1]].domain)
             if key in seen:
+                per = f" with a target in domain {key[2]!r}" if key[2] else ""
                 raise DataError(
-                    f"duplicate user {user_id!r} in split {split} (first on line {seen[key]})",
+                    f"duplicate user {user_id!r} in split {split}{per} (first on line {seen[key]})",
                     path=path,
                     line=lineno,
                     field_name="user_id",
@@ -142,7 +150,42 @@ def read_sequences(
         users.append(UserSequence(user_id=user_id, split=split, items=tuple(seq)))
     if not users:
         raise DataError("no user sequences", path=path)
-    return users
+    return _name_rows_per_domain(users, items, path, report)
+
+
+def _name_rows_per_domain(
+    users: list[UserSequence], items: dict[str, Item], path: Path, report: LoadReport
+) -> list[UserSequence]:
+    """Rename the held-out rows of users with one row per target domain to
+    ``<user_id>#<domain>``; every other row keeps its id."""
+    rows: Counter[tuple[str, str]] = Counter((u.split, u.user_id) for u in users)
+    repeated = {key for key, n in rows.items() if n > 1}
+    if not repeated:
+        return users
+    taken = set(rows)
+    out: list[UserSequence] = []
+    for user in users:
+        if (user.split, user.user_id) not in repeated:
+            out.append(user)
+            continue
+        target = user.items[-1]
+        name = f"{user.user_id}#{items[target].domain}"
+        if (user.split, name) in taken:
+            raise DataError(
+                f"user {user.user_id!r} has one {user.split} row per target domain, but the "
+                f"row name {name!r} that would tell them apart is another user's id",
+                path=path,
+                field_name="user_id",
+            )
+        out.append(replace(user, user_id=name))
+    for split in ("valid", "test"):
+        n = sum(1 for s, _ in repeated if s == split)
+        if n:
+            report.note(
+                f"{n} {split} users have one row per target domain: their rows are named "
+                "<user_id>#<domain> and evaluated separately"
+            )
+    return out
 
 
 def read_shared(directory: Path, *, lenient: bool = False) -> Dataset:

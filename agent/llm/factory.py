@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from agent.config import Settings
+from agent.llm.adapters import discover_adapters
 from agent.llm.backend import LLMBackend
 
 
@@ -23,7 +24,16 @@ def make_backend(
 
         return OpenAIBackend(settings.llm_url, llm.model, api_key=llm.api_key, **common)
     from agent.llm.local_backend import LocalBackend
+    from agent.llm.model_files import ensure_llm_model
+
+    # Every command that needs the local LLM prepares it on first use (once, ~20-60 s).
+    ensure_llm_model(settings, "local")
 
     return LocalBackend(
-        settings.llm_model_dir, llm.model, adapters=llm.adapters, threads=llm.threads, **common
+        settings.llm_model_dir,
+        llm.model,
+        adapters=discover_adapters(settings),
+        threads=llm.threads,
+        dtype=llm.local_dtype,
+        **common,
     )

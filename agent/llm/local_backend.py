@@ -19,14 +19,14 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from agent.llm.backend import ErrorKind, LLMBackend, LLMError
 from agent.llm.model_files import require_model_dir
 from agent.llm.threads import torch_threads
-from agent.llm.types import GenerationRequest, GenerationResult
+from agent.llm.types import ChatMessage, GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,11 @@ class LocalBackend(LLMBackend):
         model_name: str,
         adapters: Mapping[str, Path] | None = None,
         threads: int = 0,
+        dtype: str = "float32",
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
+        self.dtype = dtype
         self.model_dir = require_model_dir(Path(model_dir))
         self._model_name = model_name
         self.adapters = dict(adapters or {})
@@ -78,7 +80,9 @@ class LocalBackend(LLMBackend):
 
         started = time.perf_counter()
         tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
-        model: Any = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=torch.float32)
+        model: Any = AutoModelForCausalLM.from_pretrained(
+            str(self.model_dir), dtype=getattr(torch, self.dtype)
+        )
         if self.adapters:
             from peft import PeftModel
 
@@ -96,6 +100,15 @@ class LocalBackend(LLMBackend):
             time.perf_counter() - started,
             ", ".join(self.adapters) or "none",
         )
+
+    def unload(self) -> None:
+        """Drop the model and tokenizer (a later call loads them again): for short-lived
+        backends, e.g. a validation pass inside a training run, which must not keep a copy."""
+        with self._lock:
+            self._model = None
+            self._tokenizer = None
+            self._compiler = None
+            self._grammars.clear()
 
     async def _attempt(self, req: GenerationRequest) -> GenerationResult:
         loop = asyncio.get_running_loop()
@@ -195,15 +208,7 @@ class LocalBackend(LLMBackend):
         served = first.adapter or self._model_name
         started = time.perf_counter()
         tok = self._tokenizer
-        prompts: list[list[int]] = [
-            tok.apply_chat_template(
-                [m.model_dump() for m in r.messages],
-                add_generation_prompt=True,
-                tokenize=True,
-                return_dict=True,
-            )["input_ids"]
-            for r in reqs
-        ]
+        prompts = [chat_prompt_ids(tok, r.messages) for r in reqs]
         width = max(len(p) for p in prompts)
         # Left padding: every row's next token is at the same (last) position.
         ids = [[tok.pad_token_id] * (width - len(p)) + p for p in prompts]
@@ -325,6 +330,18 @@ class LocalBackend(LLMBackend):
         else:
             self._grammars.move_to_end(key)
         return compiled
+
+
+def chat_prompt_ids(tokenizer: Any, messages: Sequence[ChatMessage]) -> list[int]:
+    """The token ids of a chat prompt up to the assistant's turn: the one tokenisation of
+    inference and of LoRA training (finetune/render.py), so both see the same ids."""
+    ids: list[int] = tokenizer.apply_chat_template(
+        [m.model_dump() for m in messages],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+    )["input_ids"]
+    return ids
 
 
 def _eos_ids(model: Any, tok: Any) -> set[int]:

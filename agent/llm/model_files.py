@@ -16,9 +16,12 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from agent.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +130,23 @@ def require_model_dir(path: Path) -> Path:
     if not is_prepared(path):
         raise ModelFilesError(f"no prepared model at {path}: run `recbridge llm prepare` first")
     return path
+
+
+PACKAGED_MODEL = "smollm2-135m-instruct"  # the model `recbridge llm prepare` converts
+
+
+def ensure_llm_model(settings: Settings, kind: str | None = None) -> None:
+    """The local backend's model folder, converted from the packaged GGUF when missing (what
+    ``recbridge llm prepare`` does); another model's folder must be there already."""
+    if (kind or settings.llm.backend) != "local":
+        return  # a server owns its model
+    folder = settings.llm_model_dir
+    if is_prepared(folder):
+        return
+    if settings.llm.model != PACKAGED_MODEL:
+        raise ModelFilesError(
+            f"no prepared model at {folder} for llm.model={settings.llm.model!r}: put a plain "
+            "Hugging Face folder there (only the packaged SmolLM2 is prepared automatically)"
+        )
+    log.info("preparing the LLM on first use (`recbridge llm prepare`): %s", folder)
+    prepare_model(folder)

@@ -88,17 +88,20 @@ class VLLMServer:
     def from_settings(
         cls, settings: Settings, port: int | None = None, log_path: Path | None = None
     ) -> VLLMServer:
+        from agent.llm.adapters import discover_adapters, served_lora_rank
+
         llm = settings.llm
+        adapters = discover_adapters(settings)  # llm.adapters + every trained adapter
         return cls(
             python=llm.vllm_python,
             model_dir=settings.llm_model_dir,
             served_name=llm.model,
-            adapters=llm.adapters,
+            adapters=adapters,
             host=llm.host,
             port=llm.port if port is None else port,
             dtype=llm.dtype,
             max_model_len=llm.max_model_len,
-            max_lora_rank=llm.max_lora_rank,
+            max_lora_rank=served_lora_rank(settings, adapters),
             kv_cache_gb=llm.kv_cache_gb,
             cache_dir=settings.work_dir / "vllm-cache",
             log_path=log_path or settings.work_dir / "logs" / "vllm-server.log",

@@ -23,10 +23,18 @@ UNKNOWN_ITEM_SCORE = -1.0e30
 
 @dataclass
 class FitReport:
-    """What training did: epochs run, best validation metric, time, the checkpoint written."""
+    """What training did: epochs run, best validation metric, time, the checkpoint written.
+
+    ``best_epoch``: the epoch of the best valid NDCG@10 (the checkpoint's); ``budget_hit``:
+    training ran all ``train.epochs`` without early stopping (with ``best_epoch == epochs``
+    the model was still improving); ``items_unseen``: catalogue items no train row holds
+    (models that report it score them from their text alone).
+    """
 
     epochs: int = 0
     best_epoch: int = 0
+    budget_hit: bool = False
+    items_unseen: int | None = None
     best_valid_ndcg10: float = float("nan")
     seconds: float = 0.0
     seconds_per_epoch: float = 0.0

@@ -1,5 +1,6 @@
-"""GRU4Rec (Hidasi et al., ICLR 2016) over a pluggable item encoder: one of LLM-RecG's
-backbones (METHODS.md, LLM-RecG, "Backbones").
+"""GRU4Rec (Hidasi et al., ICLR 2016) over a pluggable item encoder: the network of the
+``gru4rec`` recommender (agent/models/sequential.py) and one of LLM-RecG's backbones
+(METHODS.md, LLM-RecG, "Backbones").
 
     x_t = Dropout(item_encoder(id_t))
     h_t = GRU(x_t, h_{t-1})                (``layers`` stacked GRU layers, h_0 = 0)
@@ -20,10 +21,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from agent.models.sasrec import ItemEncoder
+from agent.models.neural import ItemEncoder, SequenceNet
 
 
-class GRU4Rec(nn.Module):
+class GRU4Rec(SequenceNet):
     def __init__(
         self, items: ItemEncoder, *, max_len: int, layers: int = 1, dropout: float = 0.2
     ) -> None:
@@ -65,8 +66,3 @@ class GRU4Rec(nn.Module):
         keep = (ids > 0).unsqueeze(-1).to(h.dtype)
         result: Tensor = self.final_norm(h) * keep
         return result
-
-    def last_hidden(self, ids: Tensor) -> Tensor:
-        """(B, hidden): the state after the most recent item (the last slot)."""
-        out: Tensor = self(ids)
-        return out[:, -1, :]

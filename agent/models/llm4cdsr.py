@@ -11,10 +11,11 @@ learned linear map contains that projection as a special case.
 
 Tri-thread SASRec (``methods.llm4cdsr.threads``). Three SASRec backbones (causal mask ON,
 unlike the reference code): the mixed sequence, the domain-A items alone, the domain-B items
-alone. Training: BCE with ``train.num_negatives`` sampled negatives per position; at each
-mixed position whose target is of domain d, the d-thread's logit (its state after the user's
-last d item so far, scored against its own item vectors) is added to the mixed thread's logit;
-a target that is the user's first d item has no d-history and gets the mixed logit alone.
+alone. Training: ``train.loss`` (by default BCE with one sampled negative per position, as in
+the paper); at each mixed position whose target is of domain d, the d-thread's logit (its
+state after the user's last d item so far, scored against its own item vectors) is added to
+the mixed thread's logit; a target that is the user's first d item has no d-history and gets
+the mixed logit alone.
 Prediction: mixed-thread score + the candidate's domain-thread score.
 
 Contrastive regularization (``alpha``): per user of the batch with items of both domains, one
@@ -48,9 +49,10 @@ from agent.models.base import FitReport, ValidFn
 from agent.models.losses import contrastive_regularization
 from agent.models.method_base import MethodNet, MethodRecommender
 from agent.models.method_training import TrainRows, train_rows
+from agent.models.ranking import RankingLoss
 from agent.models.sasrec import SASRec
 from agent.models.sasrec_text import TextItemEncoder
-from agent.models.training import DomainNegativeSampler, bce_loss, next_item_logits
+from agent.models.training import make_ranking_loss
 
 log = logging.getLogger(__name__)
 
@@ -122,26 +124,59 @@ class TriThreadNet(MethodNet):
             parts.append(self.thread(d).items.all_items() * own)
         return torch.cat(parts, dim=-1)
 
-    def rec_logits(self, x: Tensor, y: Tensor, neg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(positive logits (P,), negative logits (P, K), mixed hidden states (B, N, H)) at
-        the real positions: mixed thread + the target's domain thread."""
-        pos, neg_logit, hidden = next_item_logits(self.mixed, x, y, neg)
+    def position_users(self, x: Tensor, y: Tensor, hidden: Tensor) -> Tensor:
+        """(P, U) user vectors at the real positions of ``y``: the mixed state, then each
+        domain thread's state (after the user's latest d item so far) at the positions whose
+        target is of domain d, zeros elsewhere. Against ``item_vectors`` (whose domain-d part
+        is zero off domain d) this scores mixed + the target's domain thread, as the paper."""
         real = y > 0
-        pos_ids, neg_ids = y[real], neg[real]
-        target_dom = self.get_buffer("domain_of")[pos_ids]
+        parts = [hidden[real]]
+        target_dom = self.get_buffer("domain_of")[y[real]]
         for d in range(len(self.threads)):
             states, where = self.thread_states(x, d)
             at = where[real]
-            sel = torch.nonzero((at >= 0) & (target_dom == d))[:, 0]
-            if len(sel) == 0:
-                continue
-            rows = torch.nonzero(real)[sel, 0]
-            hd = states[rows, at[sel]]  # (S, H)
-            dv = self.thread(d).items(torch.cat([pos_ids[sel], neg_ids[sel].flatten()]))
-            pos = pos.index_add(0, sel, (hd * dv[: len(sel)]).sum(-1))
-            dneg = (dv[len(sel) :].view(len(sel), -1, hd.shape[-1]) @ hd.unsqueeze(-1))[..., 0]
-            neg_logit = neg_logit.index_add(0, sel, dneg)
+            use = (at >= 0) & (target_dom == d)
+            rows = torch.nonzero(real)[:, 0]
+            picked = states[rows, at.clamp(min=0)]  # (P, H)
+            parts.append(picked * use.unsqueeze(-1).to(picked.dtype))
+        return torch.cat(parts, dim=-1)
+
+    def items_of(self, ids: Tensor, mixed: Tensor | None = None) -> Tensor:
+        """(n, U) item vectors of flat ``ids`` (``item_vectors``' rows); ``mixed``: the mixed
+        thread's vectors of ``ids`` if the caller has them."""
+        parts = [self.mixed.items(ids) if mixed is None else mixed]
+        dom = self.get_buffer("domain_of")[ids]
+        for d in range(len(self.threads)):
+            own = ((dom == d) & (ids > 0)).unsqueeze(-1).to(parts[0].dtype)
+            parts.append(self.thread(d).items(ids) * own)
+        return torch.cat(parts, dim=-1)
+
+    def rec_logits(self, x: Tensor, y: Tensor, neg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(positive logits (P,), negative logits (P, K), mixed hidden states (B, N, H)) at
+        the real positions, for the negatives ``neg`` (B, N, K): mixed thread + the target's
+        domain thread."""
+        real = y > 0
+        pos_ids, neg_ids = y[real], neg[real]
+        scored = torch.cat([pos_ids, neg_ids.flatten()])
+        # one mixed-encoder call for inputs and scored items (the text adapter runs once per item)
+        mixed = self.mixed.items(torch.cat([x.flatten(), scored]))
+        hidden = self.mixed(x, mixed[: x.numel()].view(*x.shape, -1))
+        users = self.position_users(x, y, hidden)
+        vectors = self.items_of(scored, mixed[x.numel() :])
+        pos = (users * vectors[: len(pos_ids)]).sum(-1)
+        neg_logit = (vectors[len(pos_ids) :].view(*neg_ids.shape, -1) @ users.unsqueeze(-1))[..., 0]
         return pos, neg_logit, hidden
+
+    def rec_loss(self, x: Tensor, y: Tensor, loss: RankingLoss) -> tuple[Tensor, Tensor]:
+        """(the ranking loss at the real positions, mixed hidden states (B, N, H))."""
+        if loss.full or loss.shared:
+            hidden = self.mixed(x)
+            users = self.position_users(x, y, hidden)
+            return loss(users, y, self.items_of, self.item_vectors), hidden
+        negatives = loss.negatives(y)
+        pos, neg, hidden = self.rec_logits(x, y, negatives)
+        real = y > 0
+        return loss.from_logits(pos, neg, y[real], negatives[real]), hidden
 
 
 class LLM4CDSRRecommender(MethodRecommender):
@@ -167,14 +202,12 @@ class LLM4CDSRRecommender(MethodRecommender):
         rows = train_rows(self.data, net.max_len)
         profiles = self._profiles(rows) if net.profile_adapter is not None else None
         domain_of = net.get_buffer("domain_of")
-        sampler = DomainNegativeSampler(self.data.catalog.domain_of, self.device)
         gen = torch.Generator(device=self.device).manual_seed(self.settings.seed + 1)
-        k = self.settings.train.num_negatives
+        loss = make_ranking_loss(self, rows.inputs, rows.targets, generator=gen)
         pair = len(self.data.catalog.domains) >= 2 and m.alpha > 0
 
         def step(x: Tensor, y: Tensor, r: Tensor) -> dict[str, Tensor]:
-            pos, neg, hidden = net.rec_logits(x, y, sampler.sample(y, k, gen))
-            rec = bce_loss(pos, neg)
+            rec, hidden = net.rec_loss(x, y, loss)
             parts = {"rec": rec}
             if pair:  # one random A item and one random B item per user with both
                 seq = torch.cat([x[:, :1], y], dim=1)

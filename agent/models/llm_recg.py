@@ -8,9 +8,10 @@ training is encoded from its text by the SAME trained layers. (The reference cod
 the projections randomly when it loads the target domain; here the one encoder built at
 ``build`` serves every domain, and a checkpoint restores it.)
 
-Training (phase 1): BPR with ``num_negatives`` (5) same-domain negatives per position on the
-source domains' sequences (``source_domains``; items of other domains are dropped from the
-histories) + the generalization loss ``losses.generalization_loss`` on ``gen_items`` items
+Training (phase 1): BPR (``loss``; any of agent/models/ranking.py's) with ``num_negatives``
+(5) same-domain negatives per position on the source domains' sequences
+(``source_domains``; items of other domains are dropped from the histories) + the
+generalization loss ``losses.generalization_loss`` on ``gen_items`` items
 sampled per domain from ALL the catalog's domains, the target's included (its item text is
 available in the zero-shot setting, its interactions are not).
 
@@ -19,7 +20,7 @@ Sequence level (phase 2, ``sequence_level``). With the phase-1 network fixed: k-
 centroids s_i; a user's representation y attends to them, a_i = softmax_i(cos(y, s_i) / tau),
 and g = W_f [y ; sum_i a_i s_i] is the user vector that scores items. The paper does not say
 how W_f is trained (nor is it in the public code); we train W_f alone for ``fusion_epochs``
-with the same BPR loss on the source rows, starting from W_f = [I 0] (g = y, the phase-1
+with the same ranking loss on the source rows, starting from W_f = [I 0] (g = y, the phase-1
 model), and keep it only if the valid score improves on that start.
 """
 
@@ -37,12 +38,12 @@ from torch import Tensor, nn
 from agent.data.schema import Dataset
 from agent.models.base import FitReport, ValidFn
 from agent.models.gru4rec import GRU4Rec
-from agent.models.losses import bpr_loss, generalization_loss
+from agent.models.losses import generalization_loss
 from agent.models.method_base import MethodNet, MethodRecommender
 from agent.models.method_training import TrainRows, train_rows
 from agent.models.sasrec import SASRec
 from agent.models.sasrec_text import TextItemEncoder
-from agent.models.training import DomainNegativeSampler, next_item_logits
+from agent.models.training import make_ranking_loss, next_item_loss
 
 log = logging.getLogger(__name__)
 
@@ -145,15 +146,21 @@ class LLMRecGRecommender(MethodRecommender):
         net = self.net
         assert isinstance(net, RecGNet)
         rows = train_rows(self.data, net.max_len, domains=m.source_domains or None)
-        sampler = DomainNegativeSampler(self.data.catalog.domain_of, self.device)
         gen = torch.Generator(device=self.device).manual_seed(self.settings.seed + 1)
+        loss = make_ranking_loss(
+            self,
+            rows.inputs,
+            rows.targets,
+            name=m.loss,
+            num_negatives=m.num_negatives,
+            generator=gen,
+        )
         pools = domain_pools(self.data, self.device)
         backbone, encoder = net.backbone, net.backbone.items
 
         def step(x: Tensor, y: Tensor, _rows: Tensor) -> dict[str, Tensor]:
-            negatives = sampler.sample(y, m.num_negatives, gen)
-            pos, neg, _ = next_item_logits(backbone, x, y, negatives, net.fuse)
-            parts = {"rec": bpr_loss(pos, neg)}
+            rec, _ = next_item_loss(backbone, x, y, loss, net.fuse)
+            parts = {"rec": rec}
             if m.alpha > 0 and not bool(net.get_buffer("fused")):
                 ids, doms = sample_domains(pools, m.gen_items, gen)
                 parts["gen"] = generalization_loss(
@@ -165,7 +172,7 @@ class LLMRecGRecommender(MethodRecommender):
                     intra=m.intra,
                     inter=m.inter,
                 )
-            parts["loss"] = parts["rec"] + parts.get("gen", pos.new_zeros(()))
+            parts["loss"] = rec + parts.get("gen", rec.new_zeros(()))
             return parts
 
         report = self.train_net(rows, step, valid_fn, out)

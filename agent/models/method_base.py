@@ -1,6 +1,6 @@
 """What the three methods' recommenders share: the frozen text table, the config layout and
 training through the shared loop. Building the network lazily and seeded, scoring by user
-vector x item table and checkpoints are ``NeuralRecommender``'s (agent/models/sasrec.py), as
+vector x item table and checkpoints are ``NeuralRecommender``'s (agent/models/neural.py), as
 for the SASRec variants.
 
 A method's network (``MethodNet``) gives a user vector per history and one vector per item;
@@ -25,7 +25,7 @@ from agent.data.schema import Dataset
 from agent.models.base import FitReport, ValidFn
 from agent.models.method_settings import MethodSettings
 from agent.models.method_training import TrainRows
-from agent.models.sasrec import NeuralRecommender, ScoringNet
+from agent.models.neural import NeuralRecommender, ScoringNet
 from agent.models.sasrec_text import ItemTextTable
 from agent.models.training import StepFn, fit_loop
 

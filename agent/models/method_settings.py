@@ -12,6 +12,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The ranking losses of the sequential models (agent/models/ranking.py); here, not there, so
+# that the settings model (agent/config.py) can name them without importing torch.
+RankingLossName = Literal["bce", "bpr", "ce", "sampled-softmax", "gbce"]
+
 
 class LLM4CDSRSettings(BaseModel):
     """LLM4CDSR (METHODS.md, "LLM4CDSR"): loss = rec + alpha * reg + beta * profile."""
@@ -31,7 +35,9 @@ class LLMRecGSettings(BaseModel):
 
     backbone: Literal["sasrec", "gru4rec"] = "sasrec"
     gru_layers: int = 1
-    num_negatives: int = 5  # BPR negatives per position (paper: 5)
+    # the ranking loss (paper: BPR with 5 negatives); train.loss does not apply to LLM-RecG
+    loss: RankingLossName = "bpr"
+    num_negatives: int = 5  # negatives per position of the sampled losses (paper: 5)
     alpha: float = 0.001  # weight of the generalization loss (paper's best); 0 = "-Sem" items
     beta: float | None = None  # inter-domain weight; None = alpha * N / D**3 (see losses.py)
     intra: bool = True  # intra-domain diversity term

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.data.schema import Dataset
-from agent.models.sasrec import left_pad
+from agent.models.neural import left_pad
 
 
 @dataclass

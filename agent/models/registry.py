@@ -14,6 +14,8 @@ RECOMMENDERS: dict[str, str] = {
     "text-knn": "agent.models.text_knn:TextKNNRecommender",
     "sasrec-id": "agent.models.sasrec_id:SASRecIDRecommender",
     "sasrec-text": "agent.models.sasrec_text:SASRecTextRecommender",
+    "sasrec-hybrid": "agent.models.sasrec_hybrid:SASRecHybridRecommender",
+    "gru4rec": "agent.models.sequential:GRU4RecRecommender",
     "llm4cdsr": "agent.models.llm4cdsr:LLM4CDSRRecommender",
     "llm-recg": "agent.models.llm_recg:LLMRecGRecommender",
     "semacdr": "agent.models.semacdr:SemaCDRRecommender",

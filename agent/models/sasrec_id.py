@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.models.sasrec import IDItemEncoder, ItemEncoder, SASRecRecommender
+from agent.models.neural import IDItemEncoder, ItemEncoder
+from agent.models.sequential import SASRecRecommender
 
 
 class SASRecIDRecommender(SASRecRecommender):

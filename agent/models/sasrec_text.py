@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from agent.config import Settings
 from agent.data.schema import Dataset
 from agent.models.checkpoint import CheckpointError
-from agent.models.sasrec import ItemEncoder, SASRecRecommender
+from agent.models.neural import ItemEncoder
+from agent.models.sequential import SASRecRecommender
 
 # Rows of the embedding table stored in the checkpoint to detect other item embeddings.
 _PROBE_ROWS = 8

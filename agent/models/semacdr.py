@@ -14,7 +14,8 @@ Only the abstract is public, so each part is the simplest design that follows it
 - Adaptive fusion gate, learned and per item: w = softmax_k(g(z_k)) over the item's present
   views, g a linear score of each adapted view; the item vector is sum_k w_k z_k. With
   ``gate = false``, the mean of the present views (the ablation).
-- Sequences: one SASRec (causal) trained with BCE on the mixed sequences and, with
+- Sequences: one SASRec (causal) trained with ``train.loss`` (BCE by default) on the mixed
+  sequences and, with
   ``domain_sequences``, on each user's single-domain sub-sequences too ("behaviour sequences
   of source, target and mixed domains ... synthesised for training"); scoring reads the
   mixed history.
@@ -40,9 +41,10 @@ from agent.models.base import FitReport, ValidFn
 from agent.models.losses import view_alignment
 from agent.models.method_base import MethodNet, MethodRecommender
 from agent.models.method_training import train_rows
-from agent.models.sasrec import ItemEncoder, SASRec
+from agent.models.neural import ItemEncoder
+from agent.models.sasrec import SASRec
 from agent.models.sasrec_text import TextItemEncoder
-from agent.models.training import DomainNegativeSampler, bce_loss, next_item_logits
+from agent.models.training import make_ranking_loss, next_item_loss
 
 log = logging.getLogger(__name__)
 
@@ -206,14 +208,13 @@ class SemaCDRRecommender(MethodRecommender):
         assert isinstance(net, SemaCDRNet)
         enc = net.encoder
         rows = train_rows(self.data, net.max_len, per_domain=m.domain_sequences)
-        sampler = DomainNegativeSampler(self.data.catalog.domain_of, self.device)
         gen = torch.Generator(device=self.device).manual_seed(self.settings.seed + 1)
-        k = self.settings.train.num_negatives
+        loss = make_ranking_loss(self, rows.inputs, rows.targets, generator=gen)
         aligned = [v for v in range(enc.n_views) if len(enc.get_buffer(f"ids{v}")) >= 2]
 
         def step(x: Tensor, y: Tensor, _rows: Tensor) -> dict[str, Tensor]:
-            pos, neg, _ = next_item_logits(net.backbone, x, y, sampler.sample(y, k, gen))
-            parts = {"rec": bce_loss(pos, neg)}
+            rec, _ = next_item_loss(net.backbone, x, y, loss)
+            parts = {"rec": rec}
             if aligned and m.align_weight > 0:
                 pairs = []
                 for v in aligned:
@@ -224,7 +225,7 @@ class SemaCDRRecommender(MethodRecommender):
                 parts["align"] = torch.stack(
                     [view_alignment(own, [other], m.tau) for own, other in pairs]
                 ).mean()
-            parts["loss"] = parts["rec"] + m.align_weight * parts.get("align", pos.new_zeros(()))
+            parts["loss"] = rec + m.align_weight * parts.get("align", rec.new_zeros(()))
             return parts
 
         return self.train_net(rows, step, valid_fn, out)

@@ -1,17 +1,18 @@
-"""The trainer shared by the SASRec variants and the three methods.
+"""The trainer shared by the sequential recommenders and the three methods.
 
 Training (as in SASRec): every train row's history, cut to its last ``max_len + 1`` items, gives
 ``max_len`` next-item examples at once: input ids[:-1], target ids[1:], left-padded. Each
-position's loss is binary cross-entropy on the target's logit and on ``num_negatives`` sampled
-negatives' logits; padded positions carry no loss. Adam; the best state by ``valid_fn`` is kept
-and written to the checkpoint; training stops after ``patience`` evaluations without a gain.
-Only train rows train (the histories of valid/test rows are left out too).
+position's loss is ``train.loss`` (agent/models/ranking.py: bce by default, SASRec's binary
+cross-entropy on the target and ``num_negatives`` sampled negatives; or bpr, ce,
+sampled-softmax, gbce); padded positions carry no loss. Adam; the best state by ``valid_fn`` is
+kept and written to the checkpoint; training stops after ``patience`` evaluations without a
+gain. Only train rows train (the histories of valid/test rows are left out too).
 
 Early stopping calls a ``ValidFn``; callers pass the evaluation harness' ``make_valid_fn``.
 
-``fit_loop`` is the loop itself, with the loss supplied by a ``step`` function: the SASRec
-variants' is ``sequence_loss``; each method adds its own terms (contrastive regularization,
-profile alignment, generalization loss, view alignment) to its own ranking loss.
+``fit_loop`` is the loop itself, with the loss supplied by a ``step`` function: the sequential
+recommenders' is ``next_item_loss``; each method adds its own terms (contrastive
+regularization, profile alignment, generalization loss, view alignment) to its ranking loss.
 """
 
 from __future__ import annotations
@@ -27,15 +28,30 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from agent.data.schema import Dataset
 from agent.models.base import FitReport, ValidFn
-from agent.models.gru4rec import GRU4Rec
-from agent.models.sasrec import NeuralRecommender, SASRec, SASRecRecommender, ScoringNet, left_pad
+from agent.models.method_settings import RankingLossName
+from agent.models.neural import NeuralRecommender, ScoringNet, SequenceNet, left_pad
+from agent.models.ranking import RankingLoss, bce_loss, item_counts
+from agent.models.sampling import DomainNegativeSampler
+
+__all__ = [
+    "DomainNegativeSampler",
+    "LengthPoolBatchSampler",
+    "StepFn",
+    "bce_loss",
+    "fit_loop",
+    "fit_sequence_model",
+    "make_ranking_loss",
+    "next_item_logits",
+    "next_item_loss",
+    "seed_everything",
+    "training_sequences",
+]
 
 log = logging.getLogger(__name__)
 
@@ -64,48 +80,6 @@ def training_sequences(data: Dataset, max_len: int) -> tuple[np.ndarray, np.ndar
         inputs.append(ids[:-1])
         targets.append(ids[1:])
     return left_pad(inputs, max_len), left_pad(targets, max_len)
-
-
-class DomainNegativeSampler:
-    """Uniform negatives from the positive target's own domain.
-
-    The data mixes domains and evaluation ranks the target among items of its own domain. A
-    negative drawn from the whole catalog is, for a food target, 3 times in 4 a kitchen item,
-    which the model separates by domain alone: an easy negative that teaches nothing about
-    ranking within a domain. Same-domain negatives match the ranking task.
-    """
-
-    def __init__(self, domain_of: np.ndarray, device: torch.device | str = "cpu") -> None:
-        domains = np.asarray(domain_of, dtype=np.int64)  # domain_of[0] = -1 (padding)
-        n_domains = int(domains.max()) + 1
-        ids = np.arange(1, len(domains))
-        order = ids[np.argsort(domains[1:], kind="stable")]  # item ids grouped by domain
-        sizes = np.bincount(domains[1:], minlength=n_domains)
-        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        self.device = torch.device(device)
-        self.flat = torch.from_numpy(order).to(self.device)
-        self.sizes = torch.from_numpy(sizes).to(self.device)
-        self.offsets = torch.from_numpy(offsets).to(self.device)
-        self.item_domain = torch.from_numpy(np.maximum(domains, 0)).to(self.device)
-
-    def sample(self, targets: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
-        """``targets.shape + (k,)`` negative ids; 0 where the target is padding.
-
-        A draw equal to the positive is replaced by the next item of the domain (the chance is
-        1 / domain size, so the bias is negligible). Items of the user's history are not
-        excluded: with thousands of items per domain they are rarely drawn.
-        """
-        domain = self.item_domain[targets]
-        size = self.sizes[domain].unsqueeze(-1)
-        offset = self.offsets[domain].unsqueeze(-1)
-        u = torch.rand(
-            (*targets.shape, k), generator=generator, device=targets.device, dtype=torch.float64
-        )
-        slot = torch.minimum((u * size).long(), size - 1)
-        neg = self.flat[offset + slot]
-        clash = neg == targets.unsqueeze(-1)
-        neg = torch.where(clash, self.flat[offset + (slot + 1) % size], neg)
-        return torch.where(targets.unsqueeze(-1) > 0, neg, torch.zeros_like(neg))
 
 
 class LengthPoolBatchSampler:
@@ -141,7 +115,7 @@ class LengthPoolBatchSampler:
 
 
 def next_item_logits(
-    backbone: SASRec | GRU4Rec,
+    backbone: SequenceNet,
     inputs: Tensor,
     targets: Tensor,
     negatives: Tensor,
@@ -164,33 +138,86 @@ def next_item_logits(
     return pos, neg, hidden
 
 
-def bce_loss(pos: Tensor, neg: Tensor) -> Tensor:
-    """Mean over positions of BCE(positive logit, 1) + sum_k BCE(negative_k logit, 0)."""
-    # softplus(-x) = -log sigmoid(x) (label 1); softplus(x) = -log(1 - sigmoid(x)) (label 0)
-    return F.softplus(-pos).mean() + F.softplus(neg).sum(-1).mean()
+def next_item_loss(
+    backbone: SequenceNet,
+    inputs: Tensor,
+    targets: Tensor,
+    loss: RankingLoss,
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(``loss`` at the real positions, hidden states (B, N, H)) of a backbone whose user
+    vector is its (``transform``-ed) hidden state and whose item vectors are ``items``."""
+    real = targets > 0
+    if loss.shared:  # the batch's negatives, encoded with the inputs and positives
+        negatives = loss.shared_negatives()
+        pos_ids = targets[real]
+        n_in, n_pos = inputs.numel(), len(pos_ids)
+        vectors = backbone.items(torch.cat([inputs.flatten(), pos_ids, negatives.flatten()]))
+        hidden = backbone(inputs, vectors[:n_in].view(*inputs.shape, -1))
+        h = hidden[real] if transform is None else transform(hidden[real])
+        value = loss.from_shared(
+            h, pos_ids, vectors[n_in : n_in + n_pos], negatives, vectors[n_in + n_pos :]
+        )
+        return value, hidden
+    if not loss.full:
+        negatives = loss.negatives(targets)
+        pos, neg, hidden = next_item_logits(backbone, inputs, targets, negatives, transform)
+        return loss.from_logits(pos, neg, targets[real], negatives[real]), hidden
+    # the whole table once: the inputs are rows of it (a text adapter runs once per item)
+    table = backbone.items.all_items()
+    hidden = backbone(inputs, table[inputs])
+    h = hidden[real] if transform is None else transform(hidden[real])
+    return loss.from_table(h, targets[real], table), hidden
 
 
-def sequence_loss(net: SASRec, inputs: Tensor, targets: Tensor, negatives: Tensor) -> Tensor:
-    """Mean over real positions of BCE(target logit, 1) + sum_k BCE(negative_k logit, 0)."""
-    pos, neg, _ = next_item_logits(net, inputs, targets, negatives)
-    return bce_loss(pos, neg)
+def make_ranking_loss(
+    rec: NeuralRecommender[Any],
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    *,
+    name: RankingLossName | None = None,
+    num_negatives: int | None = None,
+    generator: torch.Generator | None = None,
+) -> RankingLoss:
+    """``train.loss`` (or ``name``) for ``rec``'s catalogue, popularity from these rows, its
+    negatives drawn from ``generator`` (default: one seeded with ``seed + 1``, as the BCE
+    trainer always did)."""
+    t = rec.settings.train
+    catalog = rec.data.catalog
+    chosen: RankingLossName = t.loss if name is None else name
+    return RankingLoss(
+        chosen,
+        catalog.domain_of,
+        counts=item_counts(targets, inputs, len(catalog)) if chosen == "sampled-softmax" else None,
+        num_negatives=t.num_negatives if num_negatives is None else num_negatives,
+        gbce_t=t.gbce_t,
+        device=rec.device,
+        generator=generator
+        or torch.Generator(device=rec.device).manual_seed(rec.settings.seed + 1),
+    )
 
 
 def fit_sequence_model(
-    rec: SASRecRecommender,
+    rec: NeuralRecommender[Any],
     *,
     valid_fn: ValidFn | None = None,
     out: Path | None = None,
+    inputs: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
 ) -> FitReport:
-    """Train a SASRec variant: ``sequence_loss`` with same-domain negatives (``fit_loop``)."""
-    net = rec.network
-    inputs, targets = training_sequences(rec.data, net.max_len)
-    sampler = DomainNegativeSampler(rec.data.catalog.domain_of, rec.device)
-    neg_gen = torch.Generator(device=rec.device).manual_seed(rec.settings.seed + 1)
-    k = rec.settings.train.num_negatives
+    """Train a sequential recommender whose network is a ``SequenceNet``: ``train.loss`` at
+    every position of the train rows (``training_sequences`` unless given), ``fit_loop``."""
+    net = rec.net
+    if not isinstance(net, SequenceNet):
+        raise TypeError(f"{rec.name}: fit_sequence_model needs a SequenceNet, got {type(net)}")
+    if inputs is None or targets is None:
+        inputs, targets = training_sequences(rec.data, net.max_len)
+    loss = make_ranking_loss(rec, inputs, targets)
+    negatives = "the whole domain" if loss.full else f"{loss.k} negatives"
+    log.info("%s: loss %s over %s per position", rec.name, loss.name, negatives)
 
     def step(x: Tensor, y: Tensor, _rows: Tensor) -> dict[str, Tensor]:
-        return {"loss": sequence_loss(net, x, y, sampler.sample(y, k, neg_gen))}
+        return {"loss": next_item_loss(net, x, y, loss)[0]}
 
     return fit_loop(rec, inputs, targets, step, valid_fn=valid_fn, out=out)
 
@@ -319,6 +346,16 @@ def fit_loop(
         if stale >= cfg.patience:
             log.info("%s: early stop, %d evaluations without a gain", name, stale)
             break
+    else:  # every epoch ran: the budget, not early stopping, ended training
+        report.budget_hit = True
+        if valid_fn is not None:
+            log.info(
+                "%s: the %d-epoch budget ended training (best valid at epoch %d%s)",
+                name,
+                epochs,
+                report.best_epoch,
+                ": still improving" if report.best_epoch == epochs else "",
+            )
     if best_state is not None:
         net.load_state_dict(best_state)
     else:

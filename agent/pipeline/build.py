@@ -11,6 +11,7 @@ import numpy as np
 
 from agent.config import Settings
 from agent.data.schema import Dataset
+from agent.llm.adapters import adapter_fingerprint, discover_adapters
 from agent.llm.backend import LLMBackend
 from agent.llm.factory import make_backend
 from agent.models.base import Recommender
@@ -27,9 +28,14 @@ class TwoStageSpec:
 
     reranker: str
     use_profile: bool = True
+    fusion: float | None = None  # a fusion weight for this row; None = rerank.fusion_weight
+    adapter: str | None = None  # a LoRA adapter for this row; None = rerank.adapter
 
     def label(self, retriever: str) -> str:
-        return f"{retriever}+{self.reranker}" + ("" if self.use_profile else "-noprofile")
+        fused = "" if self.fusion is None else f"-fused{self.fusion:g}"
+        lora = f"[{self.adapter}]" if self.adapter else ""
+        profile = "" if self.use_profile else "-noprofile"
+        return f"{retriever}+{self.reranker}{lora}{profile}{fused}"
 
 
 def parse_specs(rerankers: str, *, profile: bool, ablation: bool) -> list[TwoStageSpec]:
@@ -63,9 +69,13 @@ class TwoStageFactory:
         )
 
     def build(self, retriever: Recommender, spec: TwoStageSpec) -> TwoStageRecommender:
-        rerank = self.settings.rerank
+        settings = self.settings
+        if spec.adapter is not None:
+            rerank = settings.rerank.model_copy(update={"adapter": spec.adapter})
+            settings = settings.model_copy(update={"rerank": rerank})
+        rerank = settings.rerank
         reranker = make_reranker(
-            spec.reranker, self.backend, self.settings, use_profile=spec.use_profile
+            spec.reranker, self.backend, settings, use_profile=spec.use_profile
         )
         profiles = self.profile_source(retriever.data) if spec.use_profile else None
         return TwoStageRecommender(
@@ -74,8 +84,17 @@ class TwoStageFactory:
             top_n=rerank.top_n,
             profiles=profiles,
             cache=self.rerank_cache,
-            history_items=rerank.history_items,
+            # The reranker cuts the history to its own (possibly the adapter's) length.
+            history_items=max(rerank.history_items, getattr(reranker, "history_items", 0)),
+            fusion_weight=rerank.fusion_weight if spec.fusion is None else spec.fusion,
+            describe={"adapter_weights": self._adapter_sha(rerank.adapter)},
         )
+
+    def _adapter_sha(self, name: str | None) -> str | None:
+        if not name:
+            return None
+        path = discover_adapters(self.settings).get(name)
+        return adapter_fingerprint(path) if path is not None else None
 
     def close(self) -> None:
         self._stack.close()

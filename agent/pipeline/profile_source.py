@@ -51,7 +51,7 @@ class ProfileSource:
                 self.data,
                 self.settings,
                 embeddings=self.embeddings,
-                adapter=self.adapter,
+                adapter=self.adapter or self.settings.profile.adapter,
                 cache=self.cache,
             )
         return self._profiler

@@ -19,6 +19,7 @@ from agent.pipeline.profile_source import ProfileSource, history_user
 from agent.pipeline.retrieve import retrieve
 from agent.profiles.models import ProfileTree
 from agent.rerank.base import Reranker, RerankRequest, RerankResult, profile_text
+from agent.rerank.fusion import fuse
 
 
 class RecommendError(ValueError):
@@ -71,6 +72,7 @@ class RecommendOptions:
     top_k: int = 10  # shown
     history_items: int = 10  # newest history titles in the rerank prompt
     seed: int = 0  # retrieval tie-breaking
+    fusion_weight: float | None = None  # mix retriever and LLM scores (agent/rerank/fusion.py)
 
 
 async def arecommend(
@@ -122,6 +124,8 @@ async def arecommend(
             domain=target_domain,
         )
         result = await reranker.arerank(request)
+        if opt.fusion_weight is not None:
+            result = fuse(request, result, opt.fusion_weight)
         seconds["rerank"] = time.perf_counter() - started
         by_id = {x.item_id: x for x in retrieved}
         final = [

@@ -27,6 +27,7 @@ from agent.pipeline.rerank_cache import RerankCache, rerank_cache_key
 from agent.pipeline.retrieve import top_n
 from agent.rerank.analysis import AnswerAnalysis
 from agent.rerank.base import Reranker, RerankRequest, RerankResult, profile_text
+from agent.rerank.fusion import fuse
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class TwoStageRecommender(Recommender):
         profiles: ProfileSource | None = None,
         cache: RerankCache | None = None,
         history_items: int = 10,
+        fusion_weight: float | None = None,
+        describe: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(retriever.data, retriever.settings)
         self.retriever = retriever
@@ -101,17 +104,27 @@ class TwoStageRecommender(Recommender):
         self.profiles = profiles
         self.cache = cache
         self.history_items = history_items
+        self.fusion_weight = fusion_weight
         self.stats = TwoStageStats()
-        self.results: list[RerankResult] = []  # every user's list, in scoring order
+        # Every user's request and the LLM's own list (before fusion), in scoring order.
+        self.requests: list[RerankRequest] = []
+        self.results: list[RerankResult] = []
+        # What shapes the LLM's answers (the cache key): fusion is applied after the cache, so
+        # rows that differ only in the fusion weight share one LLM pass.
         self._describe = {
             **reranker.describe(),
+            **(describe or {}),
             "top_n": top_n,
             "history_items": history_items,
             "profiles": profiles is not None,
         }
 
     def describe(self) -> dict[str, Any]:
-        return {"retriever": self.retriever.name, **self._describe}
+        return {
+            "retriever": self.retriever.name,
+            **self._describe,
+            "fusion_weight": self.fusion_weight,
+        }
 
     def score(
         self, histories: Sequence[Sequence[str]], candidates: Sequence[Sequence[str]]
@@ -125,7 +138,10 @@ class TwoStageRecommender(Recommender):
             known = scores > UNKNOWN_ITEM_SCORE
             order = top_n(np.where(known, scores, -np.inf), self.top_n, rng)
             heads.append([int(i) for i in order if known[int(i)]])
-        results = asyncio.run(self._rerank(histories, candidates, base, heads))
+        requests, results = asyncio.run(self._rerank(histories, candidates, base, heads))
+        if self.fusion_weight is not None:
+            weight = self.fusion_weight
+            results = [fuse(q, r, weight) for q, r in zip(requests, results, strict=True)]
         out: list[np.ndarray] = []
         for scores, cands, head, result in zip(base, candidates, heads, results, strict=True):
             final = scores.copy()
@@ -145,7 +161,7 @@ class TwoStageRecommender(Recommender):
         candidates: Sequence[Sequence[str]],
         base: list[np.ndarray],
         heads: list[list[int]],
-    ) -> list[RerankResult]:
+    ) -> tuple[list[RerankRequest], list[RerankResult]]:
         try:
             texts = await self._profile_texts(histories)
             requests = [
@@ -179,6 +195,7 @@ class TwoStageRecommender(Recommender):
             result = hit if hit is not None else by_pos[pos]
             self.stats.add(result, cached=hit is not None)
             results.append(result)
+        self.requests.extend(requests)
         self.results.extend(results)
         # Progress that also reaches a log file (the evaluator's bar shows only on a terminal).
         log.info(
@@ -188,7 +205,7 @@ class TwoStageRecommender(Recommender):
             self.stats.cached,
             self.stats.fallbacks,
         )
-        return results
+        return requests, results
 
     async def _profile_texts(self, histories: Sequence[Sequence[str]]) -> list[str | None]:
         if self.profiles is None:

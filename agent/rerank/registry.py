@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal, get_args
 
 from agent.config import RerankSettings, Settings
+from agent.llm.adapters import adapter_prompt
 from agent.llm.backend import LLMBackend
 from agent.prompts import load_template
 from agent.rerank.base import Reranker
@@ -12,8 +14,24 @@ from agent.rerank.bootstrap import BootstrapReranker
 from agent.rerank.listwise import ListwiseReranker
 from agent.rerank.verbalizer import VerbalizerReranker
 
+log = logging.getLogger(__name__)
+
+# Rerank settings that shape the prompt; an adapter's card records them (finetune/pipeline.py).
+_PROMPT_KEYS = ("history_items", "title_chars", "one_shot", "listwise_labels")
+
 RerankerName = Literal["listwise", "verbalizer"]
 RERANKERS: tuple[str, ...] = get_args(RerankerName)
+
+
+def with_adapter_prompt(settings: Settings, rerank: RerankSettings) -> RerankSettings:
+    """``rerank`` with the prompt settings its adapter was trained on (its card's ``prompt``):
+    an adapter trained without the worked example must not be shown one, and so on."""
+    learned = adapter_prompt(settings, rerank.adapter)
+    changes = {k: v for k, v in learned.items() if k in _PROMPT_KEYS and getattr(rerank, k) != v}
+    if not changes:
+        return rerank
+    log.info("adapter %s: prompt settings from its card: %s", rerank.adapter, changes)
+    return rerank.model_copy(update=changes)
 
 
 def make_reranker(
@@ -32,6 +50,8 @@ def make_reranker(
     """
     rerank = settings.rerank if isinstance(settings, Settings) else settings
     default_seed = settings.seed if isinstance(settings, Settings) else 42
+    if isinstance(settings, Settings) and rerank.adapter:
+        rerank = with_adapter_prompt(settings, rerank)
     common: dict[str, Any] = {
         "window": rerank.window,
         "step": rerank.step,

@@ -1,4 +1,6 @@
-"""Training runs of a study: ``recbridge train`` subprocesses, a few at a time."""
+"""Training runs of a study: processes running the library's ``train_checkpoint``
+(``python -m eval.modelprep train``, the same function ``recbridge train`` uses), a few at a
+time, each with its own log."""
 
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def plan_training(
 ) -> list[TrainJob]:
     """The jobs still to run, seed by seed (a partial run ends with whole seeds done).
 
-    ``base_args`` are the global CLI options every job repeats (``--config``, ``--set``).
+    ``base_args`` are the settings options every job repeats (``--config``, ``--set``).
     """
     jobs: list[TrainJob] = []
     models = trained_rows(spec)
@@ -53,7 +55,8 @@ def plan_training(
                 out = checkpoint_dir(root, transfer, row.name, seed)
                 if has_run(out):
                     continue
-                argv = [sys.executable, "-m", "agent.cli", *base_args]
+                # A process per run: one torch thread each, and a crash stays in its log.
+                argv = [sys.executable, "-m", "eval.modelprep", *base_args]
                 for item in [*spec.set, *row.set]:
                     argv += ["--set", item]
                 argv += ["train", "--model", row.model, "--seed", str(seed), "--out", str(out)]

@@ -20,6 +20,7 @@ from agent.config import Settings, load_settings
 from agent.data.schema import Dataset
 from agent.items.embedder import MiniLMEmbedder
 from agent.items.embeddings import item_embeddings
+from tests.integration.api_fixtures import *  # noqa: F403  (HTTP API session servers)
 from tests.integration.llm_fixtures import *  # noqa: F403  (LLM/vLLM session fixtures)
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")

@@ -29,16 +29,19 @@ from tests.conftest import SHARED_DATA
 __all__ = [
     "ADAPTER",
     "BASE",
+    "RERANK_ADAPTER",
     "llm_model_dir",
     "local_llm",
     "lora_adapter",
     "openai_llm",
     "pytest_collection_modifyitems",
+    "rerank_adapter",
     "vllm_server",
 ]
 
 BASE = "smollm2-135m-instruct"
 ADAPTER = "json-domain"
+RERANK_ADAPTER = "verbalizer-test"  # a reranker adapter trained by finetune/ on the slice
 TEST_CACHE = Path(os.environ.get("RECBRIDGE_TEST_CACHE", str(PROJECT_ROOT / "runs" / "test-cache")))
 MODEL_DIR = Path(
     os.environ.get("RECBRIDGE_TEST_MODEL_DIR", str(PROJECT_ROOT / "runs" / "models" / BASE))
@@ -87,8 +90,28 @@ def lora_adapter(llm_model_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def rerank_adapter(llm_model_dir: Path, slice_dir: Path) -> Path:
+    """A verbalizer adapter (r=8, all linear layers) trained by finetune/'s trainer on random
+    examples of the slice's train rows, with its card (cached like the JSON adapter)."""
+    from tests.integration.finetune_helpers import SMALL_ADAPTER_VERSION, train_small_adapter
+
+    key = hashlib.sha256(f"{llm_model_dir}|{SMALL_ADAPTER_VERSION}".encode()).hexdigest()[:12]
+    dest = TEST_CACHE / "adapters" / f"{RERANK_ADAPTER}-{key}"
+    with folder_lock(dest):
+        if not (dest / "adapter_card.json").is_file():
+            tmp = dest.with_name(dest.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            train_small_adapter(slice_dir, llm_model_dir, tmp)
+            tmp.rename(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
 def vllm_server(
-    llm_model_dir: Path, lora_adapter: Path, tmp_path_factory: pytest.TempPathFactory
+    llm_model_dir: Path,
+    lora_adapter: Path,
+    rerank_adapter: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[VLLMServer]:
     """The real vLLM OpenAI server on a free loopback port, base model + the adapter, fp32."""
     if not VLLM_PYTHON.is_file():
@@ -100,7 +123,7 @@ def vllm_server(
         python=VLLM_PYTHON,
         model_dir=llm_model_dir,
         served_name=BASE,
-        adapters={ADAPTER: lora_adapter},
+        adapters={ADAPTER: lora_adapter, RERANK_ADAPTER: rerank_adapter},
         port=0,
         dtype="float32",  # token-for-token agreement with the fp32 local backend
         cache_dir=TEST_CACHE / "vllm-cache",

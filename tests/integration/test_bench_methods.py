@@ -52,6 +52,11 @@ def test_one_epoch_of_sasrec_id_in_a_subprocess(slice_dir: Path, tmp_path: Path)
     assert set(VARIANTS) == {
         "sasrec-id",
         "sasrec-text",
+        "sasrec-hybrid",
+        "gru4rec",
+        "sasrec-id-ce",
+        "sasrec-id-sampled-softmax",
+        "sasrec-id-gbce",
         "llm4cdsr",
         "llm-recg-sasrec",
         "llm-recg-gru4rec",

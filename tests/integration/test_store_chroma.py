@@ -11,6 +11,7 @@ from agent.store.chroma_store import (
     ItemIndex,
     StoreError,
     collection_name,
+    domain_collection_name,
     make_client,
     vector_fingerprint,
 )
@@ -82,6 +83,51 @@ def test_query_respects_domain_excludes_ids_and_ranks_by_cosine(
             assert sim == pytest.approx(
                 float(slice_embeddings[catalog.index[iid]] @ query_vec), abs=1e-4
             )
+
+
+def test_domain_collections_hold_each_domain_and_answer_like_the_filter(
+    filled: ItemIndex, slice_data: Dataset, slice_embeddings: np.ndarray
+) -> None:
+    catalog = slice_data.catalog
+    for domain in catalog.domains:
+        dense = catalog.domain_items(domain)
+        stored = set(filled.domain_collection(domain).get(include=[])["ids"])
+        assert stored == {catalog.ids[d - 1] for d in dense}
+        query_vec = slice_embeddings[int(dense[5])]
+        fast = [iid for iid, _ in filled.query(query_vec, domain, 10)]
+        filtered = [iid for iid, _ in filled.query_filtered(query_vec, domain, 10)]
+        exact = [
+            catalog.ids[d - 1] for d in dense[np.argsort(-slice_embeddings[dense] @ query_vec)]
+        ]
+        assert len(set(fast) & set(exact[:10])) >= 9  # HNSW is approximate; at this size ~exact
+        assert len(set(fast) & set(filtered)) >= 9
+    everything = filled.query_all(slice_embeddings[1], 10)
+    assert {slice_data.items[iid].domain for iid, _ in everything} <= set(catalog.domains)
+
+
+def test_a_store_without_domain_collections_is_moved_over_without_embedding(
+    store_settings: Settings, slice_data: Dataset, slice_embeddings: np.ndarray
+) -> None:
+    client = make_client(store_settings)
+    old = ItemIndex(client, store_settings, MODEL)
+    old.index(slice_data, slice_embeddings, progress=False)
+    for domain in slice_data.catalog.domains:  # as a store indexed before this design
+        client.delete_collection(domain_collection_name(old.name, domain))
+    index = ItemIndex(make_client(store_settings), store_settings, MODEL)
+    catalog = slice_data.catalog
+    domain = catalog.domains[0]
+    dense = catalog.domain_items(domain)
+    hits = index.query(slice_embeddings[int(dense[0])], domain, 5)  # moves the domain over
+    assert hits[0][0] == catalog.ids[dense[0] - 1]
+    moved = index.domain_collection(domain).get(include=["embeddings", "metadatas"])
+    assert len(moved["ids"]) == len(dense)
+    assert moved["embeddings"] is not None and moved["metadatas"] is not None
+    for iid, vec, meta in zip(moved["ids"], moved["embeddings"], moved["metadatas"], strict=True):
+        assert np.allclose(vec, slice_embeddings[catalog.index[iid]], atol=1e-6)
+        assert meta["domain"] == domain
+    index.drop()  # the main collection and every domain collection
+    names = {c.name for c in client.list_collections()}
+    assert not {n for n in names if n.startswith(index.name)}
 
 
 def test_query_batch_equals_single_queries(

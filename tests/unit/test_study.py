@@ -154,7 +154,7 @@ def test_write_study_writes_markdown_json_and_plot(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "study.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("name", ["in_domain.toml", "zero_shot.toml"])
+@pytest.mark.parametrize("name", ["in_domain.toml", "zero_shot.toml", "retrievers.toml"])
 def test_the_shipped_study_files_load_with_valid_settings(name: str) -> None:
     path = Path(__file__).resolve().parents[2] / "eval" / "studies" / name
     spec = load_study(path)

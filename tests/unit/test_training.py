@@ -17,9 +17,10 @@ from agent.config import Settings
 from agent.data.schema import Dataset
 from agent.models.base import UNKNOWN_ITEM_SCORE
 from agent.models.checkpoint import CONFIG_FILE, FIT_REPORT_FILE, CheckpointError
+from agent.models.neural import MODEL_FILE
 from agent.models.registry import build_recommender
-from agent.models.sasrec import MODEL_FILE, SASRecRecommender
 from agent.models.sasrec_id import SASRecIDRecommender
+from agent.models.sequential import SASRecRecommender
 from agent.models.training import (
     DomainNegativeSampler,
     LengthPoolBatchSampler,
@@ -95,6 +96,16 @@ def test_early_stopping_stops_after_patience(settings: Settings, slice_data: Dat
     model = build_recommender("sasrec-id", slice_data, fast(settings, epochs=10, patience=2))
     report = model.fit(valid_fn=lambda _model: 0.5)  # never improves after the first epoch
     assert report.epochs == 3 and report.best_epoch == 1
+    assert not report.budget_hit  # early stopping, not the budget, ended it
+
+
+def test_a_run_that_keeps_improving_reports_the_budget_hit(
+    settings: Settings, slice_data: Dataset
+) -> None:
+    model = build_recommender("sasrec-id", slice_data, fast(settings, epochs=3, patience=2))
+    scores = iter([0.1, 0.2, 0.3])
+    report = model.fit(valid_fn=lambda _model: next(scores))
+    assert report.epochs == 3 and report.best_epoch == 3 and report.budget_hit
 
 
 def _scores(model: SASRecRecommender, data: Dataset) -> list[np.ndarray]:

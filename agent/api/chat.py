@@ -1,0 +1,133 @@
+"""Chat completions over the service: the conversation's user turns fold into one request
+(``agent.service.messages``), the ranked list comes back as text or JSON, whole or streamed."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from html import unescape
+
+from agent.api.schemas import (
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatMessageOut,
+    ChatUsage,
+    RecommendationResponse,
+)
+from agent.service.errors import BadRequest
+from agent.service.messages import fold_conversation
+from agent.service.queries import Query, RecommendOutcome
+
+
+def chat_query(body: ChatCompletionRequest) -> Query:
+    """The request the conversation adds up to (system and assistant turns are context only)."""
+    turns = [(pos, m.text()) for pos, m in enumerate(body.messages) if m.role == "user"]
+    if not turns:
+        raise BadRequest("messages: no user message", "messages")
+    query = fold_conversation([text for _, text in turns])
+    return replace(query, pipeline=body.model, allow_fallback=body.allow_fallback)
+
+
+def wants_json(body: ChatCompletionRequest) -> bool:
+    return body.response_format is not None and body.response_format.type != "text"
+
+
+def answer_json(outcome: RecommendOutcome) -> str:
+    """The JSON answer: the ranked items with ids, titles, scores and reasons."""
+    return json.dumps(
+        {
+            "user_id": outcome.user_id,
+            "domain": outcome.domain,
+            "pipeline": outcome.pipeline,
+            "items": [
+                {
+                    "rank": rank,
+                    "item_id": it.item_id,
+                    "title": unescape(it.title),
+                    "score": it.score,
+                    "reason": it.reason,
+                }
+                for rank, it in enumerate(outcome.items, start=1)
+            ],
+            "fallback": outcome.fallback,
+        },
+        ensure_ascii=False,
+    )
+
+
+def answer_lines(outcome: RecommendOutcome) -> list[str]:
+    """The readable answer, line by line (each line is one stream chunk)."""
+    lines = [
+        f"Top {len(outcome.items)} in {outcome.domain} for {outcome.user_id} "
+        f"({outcome.pipeline}):\n"
+    ]
+    for rank, it in enumerate(outcome.items, start=1):
+        lines.append(f"{rank}. {unescape(it.title)} [{it.item_id}] (score {it.score:.3f})\n")
+    if not outcome.items:
+        lines.append("No items left to recommend.\n")
+    if outcome.reason:
+        lines.append(f"Why: {outcome.reason}\n")
+    if outcome.fallback == "llm_unavailable":
+        lines.append("Note: the LLM was unavailable; this is the retriever's order.\n")
+    elif outcome.fallback:
+        lines.append("Note: the LLM's answer was unusable; this is the retriever's order.\n")
+    return lines
+
+
+def answer_text(outcome: RecommendOutcome, as_json: bool) -> str:
+    return answer_json(outcome) if as_json else "".join(answer_lines(outcome)).rstrip("\n")
+
+
+def completion(
+    body: ChatCompletionRequest,
+    outcome: RecommendOutcome,
+    response: RecommendationResponse,
+    request_id: str,
+) -> ChatCompletion:
+    return ChatCompletion(
+        id=f"chatcmpl-{request_id}",
+        created=int(time.time()),
+        model=outcome.pipeline,
+        choices=[
+            ChatChoice(message=ChatMessageOut(content=answer_text(outcome, wants_json(body))))
+        ],
+        usage=ChatUsage.of(outcome.usage),
+        fallback=outcome.fallback,
+        recommendation=response,
+    )
+
+
+def _event(payload: dict[str, object]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+def stream_events(
+    body: ChatCompletionRequest, outcome: RecommendOutcome, request_id: str
+) -> Iterator[str]:
+    """``chat.completion.chunk`` events: the role, the answer line by line, the finish (and the
+    usage when ``stream_options.include_usage``), then ``[DONE]``. The list is ranked before
+    the first chunk: streaming paces the delivery, not the ranking."""
+    base = {
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": outcome.pipeline,
+    }
+    pieces = [answer_json(outcome)] if wants_json(body) else answer_lines(outcome)
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+
+    def chunk(delta: dict[str, str], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        extra = {"usage": None} if include_usage else {}
+        return _event({**base, "choices": [choice], **extra})
+
+    yield chunk({"role": "assistant", "content": ""})
+    for piece in pieces:
+        yield chunk({"content": piece})
+    yield chunk({}, "stop")
+    if include_usage:
+        yield _event({**base, "choices": [], "usage": ChatUsage.of(outcome.usage).model_dump()})
+    yield "data: [DONE]\n\n"

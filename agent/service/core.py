@@ -1,0 +1,699 @@
+"""``RecBridgeService``: the system assembled once from Settings and kept alive.
+
+It holds the dataset, the item embeddings and the Chroma item index, the retrievers (each
+prepared by the one train-or-load function, ``eval.modelprep.prepare_model``), the LLM backend
+(model prepared on first use, HTTP client open for the service's life), the rerankers and the
+profile cache. Its async methods serve one request each; CPU work (scoring, embedding, Chroma)
+runs in worker threads so that LLM requests of concurrent callers share the backend's batches.
+Components are built on first use, so a CLI command pays only for what it needs;
+``from_settings(preload=True)`` builds them all up front (the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import re
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from agent.config import Settings
+from agent.data.loader import load_dataset
+from agent.data.schema import Dataset, UserSequence
+from agent.items.embedder import Embedder, make_embedder
+from agent.items.embeddings import item_embeddings
+from agent.llm.backend import LLMBackend
+from agent.llm.local_backend import LocalBackend
+from agent.llm.model_files import ModelFilesError
+from agent.llm.openai_backend import OpenAIBackend
+from agent.models.base import UNKNOWN_ITEM_SCORE, Recommender
+from agent.models.text_knn import TextKNNRecommender
+from agent.pipeline.build import TwoStageFactory, TwoStageSpec
+from agent.pipeline.profile_source import ProfileSource, history_user
+from agent.pipeline.retrieve import retrieve, top_n
+from agent.pipeline.two_stage import TwoStageRecommender
+from agent.profiles.cache import ProfileCache
+from agent.profiles.models import ProfileTree
+from agent.rerank.base import Reranker, RerankRequest, RerankResult, profile_text
+from agent.rerank.registry import make_reranker
+from agent.service.errors import BadRequest, NotFound, TooLarge, Unavailable
+from agent.service.llm import BackendKind, ensure_llm_model, open_backend
+from agent.service.messages import looks_like_id
+from agent.service.pipelines import PipelineSpec
+from agent.service.queries import (
+    ItemHit,
+    Query,
+    RankedItem,
+    RecommendOutcome,
+    RerankHit,
+    RerankOutcome,
+    Resolved,
+    Usage,
+)
+from agent.store.chroma_store import ItemIndex, make_client
+from eval.modelprep import ModelNotReady, prepare_model
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_TOP_K = 10
+HEALTH_TIMEOUT_S = 5.0
+# An LLM error text as LLMError writes it: the LLM is down, not merely confused.
+_LLM_DOWN = re.compile(r"\bLLM (timeout|connection|server_error)\b")
+
+
+def _norm_title(text: str) -> str:
+    return " ".join(html.unescape(text).casefold().split())
+
+
+class RecBridgeService:
+    """One long-lived RecBridge: see the module docstring. Close it (``aclose``) when done."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        data: Dataset,
+        *,
+        backend: BackendKind | None = None,
+        pipelines: Sequence[str] | None = None,
+        train_missing: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.data = data
+        self.backend_kind = backend
+        self.train_missing = (
+            settings.serve.train_missing if train_missing is None else train_missing
+        )
+        names = list(pipelines if pipelines is not None else settings.serve.pipelines)
+        self.pipelines: dict[str, PipelineSpec] = {}
+        for name in names:
+            spec = PipelineSpec.parse(name, "serve.pipelines")
+            self.pipelines[spec.name] = spec
+        default = settings.serve.default_pipeline
+        self.default_pipeline = (
+            PipelineSpec.parse(default, "serve.default_pipeline").name
+            if default
+            else next(iter(self.pipelines), None)
+        )
+        if self.default_pipeline is not None and self.default_pipeline not in self.pipelines:
+            self.pipelines[self.default_pipeline] = PipelineSpec.parse(self.default_pipeline)
+        # Dataset.domains scans every item: computed once here, not per request.
+        self.domains: list[str] = data.domains
+        self.unavailable: dict[str, str] = {}  # pipeline -> why it was dropped at start
+        self._embedder: Embedder | None = None
+        self._embeddings: np.ndarray | None = None
+        self._index: ItemIndex | None = None
+        self._titles: dict[str, str] | None = None
+        self._users: dict[str, UserSequence] | None = None
+        self._retrievers: dict[str, Recommender] = {}
+        self._retriever_locks: dict[str, threading.Lock] = {}
+        self._backend: LLMBackend | None = None
+        self._rerankers: dict[tuple[str, bool], Reranker] = {}
+        self._profile_cache: ProfileCache | None = None
+        self._factory: TwoStageFactory | None = None
+        self._profiles: ProfileSource | None = None
+        self._build_lock = threading.Lock()
+
+    # ----------------------------------------------------------------- building
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        backend: BackendKind | None = None,
+        pipelines: Sequence[str] | None = None,
+        train_missing: bool | None = None,
+        preload: bool = False,
+        data: Dataset | None = None,
+    ) -> RecBridgeService:
+        """The service on ``settings``; ``preload`` builds every component now (a server)."""
+        service = cls(
+            settings,
+            data if data is not None else load_dataset(settings.data),
+            backend=backend,
+            pipelines=pipelines,
+            train_missing=train_missing,
+        )
+        if preload:
+            service.preload()
+        return service
+
+    def preload(self) -> None:
+        """Build everything a request could need: index, retrievers, the LLM (loaded)."""
+        started = time.perf_counter()
+        if self.settings.train.threads > 0:
+            import torch
+
+            # Retrievers score a few candidates per request: more intra-op threads only spin
+            # against the event loop and the LLM on a shared CPU (train.threads, default 1).
+            torch.set_num_threads(self.settings.train.threads)
+        _ = self.item_index
+        self._title_index()
+        for name, spec in list(self.pipelines.items()):
+            try:
+                self.retriever(spec.retriever)
+            except ModelNotReady as exc:
+                if name == self.default_pipeline:
+                    raise
+                log.warning("pipeline %s is unavailable: %s", name, exc)
+                self.unavailable[name] = str(exc)
+                del self.pipelines[name]
+        if any(spec.uses_llm for spec in self.pipelines.values()):
+            backend = self.backend
+            if isinstance(backend, LocalBackend):
+                backend.load()
+        log.info(
+            "service ready in %.1fs: %d items, pipelines %s",
+            time.perf_counter() - started,
+            len(self.data.catalog),
+            ", ".join(self.pipelines),
+        )
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = make_embedder(self.settings)
+        return self._embedder
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        if self._embeddings is None:
+            self._embeddings = item_embeddings(
+                self.data, self.settings, progress=False, embedder=self.embedder
+            )
+        return self._embeddings
+
+    @property
+    def item_index(self) -> ItemIndex:
+        """The Chroma item collection of this embedder, filled when incomplete."""
+        with self._build_lock:
+            if self._index is None:
+                index = ItemIndex(make_client(self.settings), self.settings, self.embedder.model_id)
+                if index.count() != len(self.data.catalog):
+                    log.info("item index %s is incomplete; indexing", index.name)
+                    index.index(self.data, self.embeddings, progress=False)
+                self._index = index
+            return self._index
+
+    def retriever(
+        self,
+        name: str,
+        *,
+        train: bool | None = None,
+        checkpoint: Path | None = None,
+        train_hint: str = ", or allow training (serve.train_missing=true / serve --train)",
+    ) -> Recommender:
+        """The retriever ``name``, prepared once (checkpoint, or trained if allowed)."""
+        if name not in self._retrievers:
+
+            def prepare() -> Recommender:
+                return prepare_model(
+                    name,
+                    self.data,
+                    self.settings,
+                    checkpoint=checkpoint,
+                    train=self.train_missing if train is None else train,
+                    train_hint=train_hint,
+                    embeddings=self.embeddings if name == "text-knn" else None,
+                ).model
+
+            try:
+                model = prepare()
+            except ModelFilesError:
+                # Training needed the LLM (SemaCDR's item descriptions) before its folder was
+                # prepared: prepare it now, as `recbridge llm prepare` would, and go on.
+                ensure_llm_model(self.settings, self.backend_kind)
+                model = prepare()
+            if isinstance(model, TextKNNRecommender):
+                model._index = self.item_index  # one Chroma client for the whole service
+            self._retrievers[name] = model
+            self._retriever_locks[name] = threading.Lock()
+        return self._retrievers[name]
+
+    @property
+    def backend(self) -> LLMBackend:
+        """The LLM backend (the local model prepared on first use); kept open until aclose."""
+        if self._backend is None:
+            self._backend = open_backend(
+                self.settings, self.backend_kind, timeout_s=self.settings.serve.llm_timeout_s
+            )
+        return self._backend
+
+    def reranker(self, name: str, use_profile: bool) -> Reranker:
+        key = (name, use_profile)
+        if key not in self._rerankers:
+            self._rerankers[key] = make_reranker(
+                name, self.backend, self.settings, use_profile=use_profile
+            )
+        return self._rerankers[key]
+
+    @property
+    def profile_cache(self) -> ProfileCache:
+        # Opened on first use, in the thread that uses it (sqlite connections stay in one).
+        if self._profile_cache is None:
+            self._profile_cache = ProfileCache(self.settings.profile_cache_dir)
+        return self._profile_cache
+
+    @property
+    def profiles(self) -> ProfileSource:
+        if self._profiles is None:
+            embeddings = self.embeddings if self.settings.profile.clusters > 0 else None
+            self._profiles = ProfileSource(
+                self.backend, self.data, self.settings, self.profile_cache, embeddings=embeddings
+            )
+        return self._profiles
+
+    def two_stage(
+        self, retriever: Recommender, reranker: str, use_profile: bool
+    ) -> TwoStageRecommender:
+        """The two-stage system as a ``Recommender`` (batch scoring: ``score``), built by the
+        pipeline's own factory (fusion, adapters, the rerank cache), the LLM prepared first."""
+        if self._factory is None:
+            ensure_llm_model(self.settings, self.backend_kind)
+            self._factory = TwoStageFactory(self.settings, backend=self.backend_kind)
+        return self._factory.build(retriever, TwoStageSpec(reranker, use_profile))
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run one coroutine on a fresh event loop (a CLI command), then close the LLM client
+        and the caches: async clients belong to the loop that made them."""
+
+        async def main() -> T:
+            try:
+                return await coro
+            finally:
+                await self.aclose()
+
+        return asyncio.run(main())
+
+    async def aclose(self) -> None:
+        """Close the LLM client and the caches (the service is done)."""
+        if self._backend is not None:
+            await self._backend.aclose()
+        self.close_caches()
+
+    def close_caches(self) -> None:
+        if self._profile_cache is not None:
+            self._profile_cache.close()
+        if self._factory is not None:
+            self._factory.close()
+        self._profile_cache = None
+        self._factory = None
+        self._profiles = None
+
+    # ----------------------------------------------------------------- requests
+    def pipeline(self, name: str | None, param: str = "model") -> PipelineSpec:
+        wanted = name or self.default_pipeline
+        if wanted is None:
+            raise NotFound("no pipeline configured (serve.pipelines is empty)", param)
+        spec = self.pipelines.get(wanted)
+        if spec is None:
+            parsed = PipelineSpec.parse(wanted, param)  # a malformed name says why
+            spec = self.pipelines.get(parsed.name)
+        if spec is None:
+            why = self.unavailable.get(wanted)
+            raise NotFound(
+                f"{param} {wanted!r} is not served"
+                + (f" ({why})" if why else "")
+                + f"; served: {', '.join(self.pipelines)}",
+                param,
+            )
+        return spec
+
+    def _title_index(self) -> dict[str, str]:
+        if self._titles is None:
+            titles: dict[str, str] = {}
+            for iid, item in self.data.items.items():
+                titles.setdefault(_norm_title(item.title), iid)
+            self._titles = titles
+        return self._titles
+
+    def find_user(self, user_id: str, param: str = "user") -> UserSequence:
+        if self._users is None:
+            users: dict[str, UserSequence] = {}
+            for split in ("train", "valid", "test"):  # later splits win: their longer history
+                for user in self.data.iter_split(split):
+                    users[user.user_id] = user
+            self._users = users
+        found = self._users.get(user_id)
+        if found is None:
+            raise NotFound(f"{param}: user {user_id!r} is not in the data", param)
+        return found
+
+    def _check_size(self, refs: Sequence[str], limit: int, param: str) -> None:
+        if len(refs) > limit:
+            raise TooLarge(f"{param}: {len(refs)} items, at most {limit} allowed", param)
+
+    async def aresolve(self, refs: Sequence[str], param: str) -> tuple[list[str], list[Resolved]]:
+        """Item ids for ``refs``: ids as they are, titles by exact match, else the nearest
+        title in the index (embedded in a worker thread, only then). An unknown id is an error
+        naming its position."""
+        ids: list[str | None] = []
+        how: list[Resolved | None] = []
+        pending: list[int] = []
+        titles = self._title_index()
+        for pos, raw in enumerate(refs):
+            ref = raw.strip()
+            if not ref:
+                raise BadRequest(f"{param}[{pos}]: empty item reference", f"{param}[{pos}]")
+            if ref in self.data.items:
+                ids.append(ref)
+                how.append(None)
+            elif looks_like_id(ref):
+                raise BadRequest(f"{param}[{pos}]: unknown item id {ref!r}", f"{param}[{pos}]")
+            elif _norm_title(ref) in titles:
+                iid = titles[_norm_title(ref)]
+                ids.append(iid)
+                how.append(
+                    Resolved(ref=ref, item_id=iid, title=self.data.items[iid].title, how="title")
+                )
+            else:
+                ids.append(None)
+                how.append(None)
+                pending.append(pos)
+        if pending:
+            texts = [refs[p] for p in pending]
+            hits = await asyncio.to_thread(self.nearest_items, texts, 1)
+            for pos, found in zip(pending, hits, strict=True):
+                if not found:
+                    raise BadRequest(f"{param}[{pos}]: no item matches {refs[pos]!r}", param)
+                hit = found[0]
+                ids[pos] = hit.item_id
+                how[pos] = Resolved(
+                    ref=refs[pos],
+                    item_id=hit.item_id,
+                    title=hit.title,
+                    how="nearest",
+                    similarity=hit.score,
+                )
+        return [i for i in ids if i is not None], [h for h in how if h is not None]
+
+    def nearest_items(
+        self, texts: Sequence[str], k: int, domain: str | None = None
+    ) -> list[list[ItemHit]]:
+        """Per text, the ``k`` items whose text is nearest (cosine), over one or all domains."""
+        if domain is not None and domain not in self.domains:
+            raise BadRequest(
+                f"domain {domain!r} is unknown; known: {', '.join(self.domains)}", "domain"
+            )
+        domains = [domain] if domain else self.domains
+        vectors = self.embedder.embed(list(texts))
+        out: list[list[ItemHit]] = []
+        for vec in vectors:
+            rows = np.repeat(vec[None, :], len(domains), axis=0)
+            found = self.item_index.query_batch(rows, domains, k)
+            hits = [
+                ItemHit(
+                    item_id=iid,
+                    title=self.data.items[iid].title,
+                    domain=self.data.items[iid].domain,
+                    score=sim,
+                )
+                for per_domain in found
+                for iid, sim in per_domain
+                if iid in self.data.items
+            ]
+            hits.sort(key=lambda h: -h.score)
+            out.append(hits[:k])
+        return out
+
+    async def asearch(self, text: str, domain: str | None, k: int) -> list[ItemHit]:
+        """Semantic item search in the Chroma index."""
+        if not text.strip():
+            raise BadRequest("q: empty search text", "q")
+        if k > self.settings.serve.max_top_k:
+            raise BadRequest(f"k: {k} is above the limit {self.settings.serve.max_top_k}", "k")
+        return (await asyncio.to_thread(self.nearest_items, [text], k, domain))[0]
+
+    async def _history(self, query: Query) -> tuple[str, list[str], list[Resolved]]:
+        """(user id, history ids, how references were read) of a query."""
+        serve = self.settings.serve
+        self._check_size(query.history, serve.max_history, "history")
+        if query.history:
+            ids, resolved = await self.aresolve(query.history, "history")
+            return history_user(ids, query.user).user_id, ids, resolved
+        if query.user:
+            user = self.find_user(query.user)
+            return user.user_id, list(user.history)[-serve.max_history :], []
+        raise BadRequest("give a user or a history", "history")
+
+    def _domain(self, query: Query, history: Sequence[str], fallback: str | None) -> str:
+        domain = (
+            query.domain or fallback or (self.data.items[history[-1]].domain if history else None)
+        )
+        if domain is None:
+            raise BadRequest("domain: cannot tell the domain; give one", "domain")
+        if domain not in self.domains:
+            raise BadRequest(
+                f"domain: {domain!r} is unknown; known: {', '.join(self.domains)}", "domain"
+            )
+        return domain
+
+    def _score(self, name: str, history: list[str], candidates: list[str]) -> np.ndarray:
+        model = self.retriever(name)
+        with self._retriever_locks[name]:  # one scorer per model at a time (torch modules)
+            return np.asarray(model.score([history], [candidates])[0], dtype=np.float64)
+
+    def _retrieve(
+        self, name: str, history: list[str], domain: str, n: int
+    ) -> list[tuple[str, float]]:
+        model = self.retriever(name)
+        with self._retriever_locks[name]:
+            hits = retrieve(model, self.data, history, domain, n, seed=self.settings.seed)
+        return [(h.item_id, h.score) for h in hits]
+
+    def _order(self, scores: np.ndarray, history: Sequence[str]) -> list[int]:
+        """Best first, ties in a seeded order (the same for the same history)."""
+        rng = np.random.default_rng([self.settings.seed, len(history)])
+        return [int(i) for i in top_n(scores, len(scores), rng)]
+
+    async def _llm_rerank(
+        self,
+        spec: PipelineSpec,
+        user_id: str,
+        history: list[str],
+        ranked: list[tuple[str, float]],
+        domain: str,
+        usage: Usage,
+        seconds: dict[str, float],
+    ) -> tuple[RerankResult | None, str | None, str | None]:
+        """(result, fallback kind, error) of the pipeline's LLM stage over ``ranked``' head."""
+        profile: str | None = None
+        if spec.use_profile:
+            started = time.perf_counter()
+            trees, stats = await self.profiles.atrees([history_user(history, user_id)])
+            seconds["profile"] = time.perf_counter() - started
+            usage.llm_calls += stats.llm_calls
+            usage.prompt_tokens += stats.prompt_tokens
+            usage.completion_tokens += stats.completion_tokens
+            if trees[0] is not None:
+                profile = profile_text(trees[0].profile)
+            elif stats.failed:
+                # The profiler met an LLM error: the reranker would only wait for it again.
+                return None, "llm_unavailable", "profiling failed: the LLM is unavailable"
+        if spec.reranker is None:
+            return None, None, None
+        head = ranked[: self.settings.rerank.top_n]
+        request = RerankRequest.from_ids(
+            self.data,
+            user_id,
+            history[-self.settings.rerank.history_items :]
+            if self.settings.rerank.history_items
+            else [],
+            [iid for iid, _ in head],
+            scores=[s for _, s in head],
+            profile=profile,
+            domain=domain,
+        )
+        started = time.perf_counter()
+        result = await self.reranker(spec.reranker, spec.use_profile).arerank(request)
+        seconds["rerank"] = time.perf_counter() - started
+        usage.llm_calls += result.llm_calls
+        usage.prompt_tokens += result.prompt_tokens
+        usage.completion_tokens += result.completion_tokens
+        if not result.fallback:
+            return result, None, None
+        down = result.analysis.llm_errors > 0 or bool(_LLM_DOWN.search(result.error or ""))
+        return result, "llm_unavailable" if down else "unusable_answer", result.error
+
+    async def arecommend(self, query: Query) -> RecommendOutcome:
+        """The top K of a domain for a user or a history (optionally among given candidates)."""
+        serve = self.settings.serve
+        spec = self.pipeline(query.pipeline)
+        top_k = query.top_k or DEFAULT_TOP_K
+        if top_k > serve.max_top_k:
+            raise BadRequest(f"top_k: {top_k} is above the limit {serve.max_top_k}", "top_k")
+        if query.candidates is not None:
+            self._check_size(query.candidates, serve.max_candidates, "candidates")
+        self._check_size(query.exclude, serve.max_candidates, "exclude")
+        seconds: dict[str, float] = {}
+        started = time.perf_counter()
+        user_id, history, resolved = await self._history(query)
+        excluded: set[str] = set()
+        if query.exclude:
+            ids, more = await self.aresolve(query.exclude, "exclude")
+            excluded, resolved = set(ids), resolved + more
+        n = max(top_k, self.settings.rerank.top_n if spec.reranker else top_k)
+        if query.candidates is not None:
+            cands, more = await self.aresolve(query.candidates, "candidates")
+            resolved += more
+            cands = list(dict.fromkeys(c for c in cands if c not in excluded))
+            domain = self._domain(
+                query, history, self.data.items[cands[0]].domain if cands else None
+            )
+            scores = await asyncio.to_thread(self._score, spec.retriever, history, cands)
+            # Every given candidate stays in the answer; those the retriever does not know
+            # (score UNKNOWN_ITEM_SCORE) come last, in a seeded order.
+            ranked = [(cands[i], float(scores[i])) for i in self._order(scores, history)]
+        else:
+            domain = self._domain(query, history, None)
+            found = await asyncio.to_thread(
+                self._retrieve, spec.retriever, history, domain, n + len(excluded)
+            )
+            ranked = [(iid, s) for iid, s in found if iid not in excluded][:n]
+        seconds["retrieve"] = time.perf_counter() - started
+        usage = Usage()
+        result, fallback, error = await self._llm_rerank(
+            spec, user_id, history, ranked, domain, usage, seconds
+        )
+        if fallback == "llm_unavailable" and not query.allow_fallback:
+            raise Unavailable(f"the LLM is unavailable and allow_fallback is false: {error}")
+        rank_of = {iid: pos for pos, (iid, _) in enumerate(ranked, start=1)}
+        score_of = dict(ranked)
+        order = [iid for iid, _ in ranked]
+        reranked: set[str] = set()
+        if result is not None and not result.fallback:
+            reranked = set(result.ranking)
+            order = result.ranking + [iid for iid in order if iid not in reranked]
+        items: list[RankedItem] = []
+        for pos, iid in enumerate(order[:top_k], start=1):
+            item = self.data.items[iid]
+            if score_of[iid] > UNKNOWN_ITEM_SCORE:
+                why = f"retrieved #{rank_of[iid]} by {spec.retriever} (score {score_of[iid]:.3f})"
+            else:
+                why = f"unknown to {spec.retriever}: ranked after the items it knows"
+            if iid in reranked:
+                why += f"; placed #{pos} by the {spec.reranker} LLM reranker"
+            elif fallback is not None:
+                why += f"; kept in retrieval order ({fallback.replace('_', ' ')})"
+            items.append(
+                RankedItem(
+                    item_id=iid,
+                    title=item.title,
+                    domain=item.domain,
+                    score=float(len(order) - pos + 1) / len(order)
+                    if spec.reranker
+                    else score_of[iid],
+                    retrieval_rank=rank_of[iid],
+                    retrieval_score=score_of[iid],
+                    rerank_score=result.scores.get(iid)
+                    if result is not None and iid in reranked
+                    else None,
+                    reason=why,
+                )
+            )
+        return RecommendOutcome(
+            user_id=user_id,
+            pipeline=spec.name,
+            domain=domain,
+            history=history,
+            items=items,
+            reason=result.reason if result is not None else None,
+            fallback=fallback,
+            error=error,
+            profile_used=spec.use_profile and "profile" in seconds and fallback is None,
+            resolved=resolved,
+            usage=usage,
+            seconds=seconds,
+        )
+
+    async def arerank(
+        self,
+        query: Query,
+        documents: Sequence[str],
+        top_n_docs: int | None = None,
+    ) -> RerankOutcome:
+        """Rank ``documents`` (item ids or texts) for a user or history: the retriever scores
+        them all, the pipeline's LLM stage reorders the best ``rerank.top_n``."""
+        serve = self.settings.serve
+        spec = self.pipeline(query.pipeline)
+        if not documents:
+            raise BadRequest("documents: give at least one candidate", "documents")
+        self._check_size(documents, serve.max_candidates, "documents")
+        user_id, history, _ = await self._history(query)
+        ids, _ = await self.aresolve(documents, "documents")
+        unique = list(dict.fromkeys(ids))
+        scores = await asyncio.to_thread(self._score, spec.retriever, history, unique)
+        ranked = [(unique[i], float(scores[i])) for i in self._order(scores, history)]
+        usage = Usage()
+        domain = self._domain(query, history, self.data.items[unique[0]].domain)
+        result, fallback, error = await self._llm_rerank(
+            spec, user_id, history, ranked, domain, usage, {}
+        )
+        if fallback == "llm_unavailable" and not query.allow_fallback:
+            raise Unavailable(f"the LLM is unavailable and allow_fallback is false: {error}")
+        order = [iid for iid, _ in ranked]
+        if result is not None and not result.fallback:
+            head = set(result.ranking)
+            order = result.ranking + [iid for iid in order if iid not in head]
+        score_of = dict(ranked)
+        n = len(order)
+        position = {iid: pos for pos, iid in enumerate(order)}
+        relevance = {
+            iid: (float(n - pos) / n if spec.reranker else score_of[iid])
+            for iid, pos in position.items()
+        }
+        hits = sorted(
+            (
+                RerankHit(index=i, relevance_score=relevance[iid], item_id=iid)
+                for i, iid in enumerate(ids)
+            ),
+            key=lambda h: (position[h.item_id], h.index),
+        )
+        limit = top_n_docs if top_n_docs is not None else len(hits)
+        return RerankOutcome(
+            pipeline=spec.name, results=hits[:limit], fallback=fallback, error=error, usage=usage
+        )
+
+    async def aprofile(self, query: Query) -> ProfileTree:
+        """The user's hierarchical profile (cached), or Unavailable when the LLM failed it."""
+        user_id, history, _ = await self._history(query)
+        trees, stats = await self.profiles.atrees([history_user(history, user_id)])
+        if trees[0] is None:
+            raise Unavailable(f"could not profile {user_id}: the LLM failed ({stats.failed} user)")
+        return trees[0]
+
+    async def ahealth(self) -> dict[str, Any]:
+        """Whether the store and the LLM answer; ``ok`` only when both do."""
+        out: dict[str, Any] = {"pipelines": list(self.pipelines), "unavailable": self.unavailable}
+        try:
+            count = await asyncio.to_thread(self.item_index.count)
+            out["store"] = {"ok": count == len(self.data.catalog), "items": count}
+        except Exception as exc:  # any store failure is "not ok", reported, never raised
+            out["store"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        needs_llm = any(spec.uses_llm for spec in self.pipelines.values())
+        if not needs_llm:
+            out["llm"] = {"ok": True, "used": False}
+        else:
+            try:
+                backend = self.backend
+                if isinstance(backend, OpenAIBackend):
+                    async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                        models = await backend.alist_models()
+                    out["llm"] = {
+                        "ok": True,
+                        "backend": "openai",
+                        "url": backend.url,
+                        "models": [m["id"] for m in models],
+                    }
+                else:
+                    out["llm"] = {"ok": True, "backend": backend.name, "model": backend.model}
+            except Exception as exc:  # unreachable, timed out, bad answer: all "not ok"
+                out["llm"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        out["ok"] = bool(out["store"]["ok"] and out["llm"]["ok"])
+        return out
