@@ -150,9 +150,11 @@ def test_cli_reports_a_down_server_in_one_line() -> None:
     assert "error: LLM connection" in result.output
 
 
-def test_cli_local_backend_without_a_model_says_how_to_prepare(tmp_path: Path) -> None:
-    result = runner.invoke(
-        app,
-        ["--set", f"llm.model_dir={tmp_path}", "llm", "generate", "--backend", "local", "-p", "x"],
-    )
-    assert result.exit_code == 2 and "recbridge llm prepare" in result.output
+def test_cli_local_backend_without_a_model_says_what_to_put_there(tmp_path: Path) -> None:
+    # The packaged model is prepared on first use (tests/integration/test_api_service_cli.py);
+    # another model's folder must be there already, and the error says so in one line.
+    args = ["--set", f"llm.model_dir={tmp_path}", "--set", "llm.model=some-other-llm"]
+    result = runner.invoke(app, [*args, "llm", "generate", "--backend", "local", "-p", "x"])
+    assert result.exit_code == 2
+    assert "no prepared model" in result.output and "Hugging Face folder" in result.output
+    assert "Traceback" not in result.output
