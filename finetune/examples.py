@@ -70,9 +70,9 @@ class Manifest(BaseModel):
         )
 
 
-def write_examples(path: Path, examples: Iterable[RerankExample], manifest: Manifest) -> None:
+def write_examples(path: Path, examples: Iterable[BaseModel], manifest: BaseModel) -> None:
     """The JSONL and its manifest, each written to a temporary name and renamed (a kill
-    leaves the old pair or none, never half a file)."""
+    leaves the old pair or none, never half a file). Any example type (reranker, profile)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as handle:

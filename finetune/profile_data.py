@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.data.schema import DataError, Dataset, Item
 from finetune.build import LeakageError
+from finetune.examples import manifest_path, write_examples
 from finetune.profile_render import FIELDS, NextInterest
 
 RULE_VERSION = "1"
@@ -260,24 +261,11 @@ def check_profile_leakage(examples: Sequence[ProfileExample], data: Dataset) -> 
             raise LeakageError(f"example {ex.id}: not a cut of the user's train row")
 
 
-def manifest_path(path: Path) -> Path:
-    return path.with_name(path.stem + ".manifest.json")
-
-
 def write_profile_examples(
     path: Path, examples: Iterable[ProfileExample], manifest: ProfileManifest
 ) -> None:
     """The JSONL and its manifest, each written to a temporary name and renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for ex in examples:
-            handle.write(ex.model_dump_json() + "\n")
-    tmp.replace(path)
-    man = manifest_path(path)
-    man_tmp = man.with_suffix(".tmp")
-    man_tmp.write_text(manifest.model_dump_json(indent=1), encoding="utf-8")
-    man_tmp.replace(man)
+    write_examples(path, examples, manifest)
 
 
 def read_profile_examples(path: Path) -> list[ProfileExample]:

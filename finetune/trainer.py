@@ -9,7 +9,7 @@ temporary name, then renamed; ``latest`` names the newest), so a run killed at a
 (kill -9 included) resumes from its last checkpoint with the same data order. Every
 ``eval_every`` steps (and at step 0, the untouched base: LoRA starts as a no-op) the adapter
 is validated through the real reranker (``RerankValidator``); the best one is copied to
-``<run>/best``. ``finish`` writes the best adapter and its card to the adapters folder.
+``<run>/best``; ``finetune.pipeline.train_adapter`` then serves it with its card.
 """
 
 from __future__ import annotations
