@@ -10,14 +10,14 @@ valid users; a number: that weight). Every row runs on the same users and candid
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.rerank.registry import RERANKERS
+from eval.study.spec import load_toml_model
 
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -93,20 +93,8 @@ class RerankStudySpec(BaseModel):
 
 
 def load_rerank_study(path: Path) -> RerankStudySpec:
-    if not path.is_file():
-        raise RerankStudyError(f"study file {path}: not found")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise RerankStudyError(f"study file {path}: cannot parse: {exc}") from None
-    try:
-        return RerankStudySpec(**raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'top level'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        raise RerankStudyError(f"study file {path}: {problems}") from None
+    """Read and check a rerank study file; errors name the file and the field."""
+    return load_toml_model(path, RerankStudySpec, RerankStudyError)
 
 
 def row_settings(

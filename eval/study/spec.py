@@ -6,6 +6,7 @@ import re
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -15,6 +16,7 @@ from agent.models.registry import UnknownModelError, recommender_class
 from eval.modelprep import is_checkpoint
 from eval.transfer import HistoryFrom, Transfer, TransferError
 
+M = TypeVar("M", bound=BaseModel)
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -99,22 +101,27 @@ def transfers(protocol: str, history_from: Sequence[str]) -> list[Transfer]:
         raise ValueError(str(exc)) from None
 
 
-def load_study(path: Path) -> StudySpec:
-    """Read and check a study file; errors name the file and the field."""
+def load_toml_model(path: Path, model: type[M], error: type[ValueError]) -> M:
+    """Read a TOML file into ``model``; every problem is one ``error`` naming file and field."""
     if not path.is_file():
-        raise StudyError(f"study file {path}: not found")
+        raise error(f"study file {path}: not found")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise StudyError(f"study file {path}: cannot parse: {exc}") from None
+        raise error(f"study file {path}: cannot parse: {exc}") from None
     try:
-        return StudySpec(**raw)
+        return model(**raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'top level'}: {err['msg']}"
             for err in exc.errors()
         )
-        raise StudyError(f"study file {path}: {problems}") from None
+        raise error(f"study file {path}: {problems}") from None
+
+
+def load_study(path: Path) -> StudySpec:
+    """Read and check a study file; errors name the file and the field."""
+    return load_toml_model(path, StudySpec, StudyError)
 
 
 def study_dir(settings: Settings, spec: StudySpec) -> Path:
