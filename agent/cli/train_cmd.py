@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from agent.cli.common import UserError, handles_user_errors, log, state
-from agent.data.loader import load_dataset
 from agent.models.base import Recommender
 from agent.models.checkpoint import FIT_REPORT_FILE
 from agent.models.registry import UnknownModelError, recommender_class
@@ -81,41 +78,17 @@ def register(app: typer.Typer) -> None:
             log.info("%s has nothing to train (it scores at query time): no checkpoint", model)
             return
 
-        from eval.evaluator import EvalError, make_valid_fn  # heavy imports only when training
-        from eval.transfer import apply_transfer, checkpoint_path, selection_data, transfer_settings
+        from eval.evaluator import EvalError  # heavy imports only when training
+        from eval.modelprep import train_checkpoint
+        from eval.transfer import checkpoint_path
 
         out = out or checkpoint_path(settings, model, spec)
-        full = load_dataset(settings.data)
         try:
-            dataset, dropped = apply_transfer(full, spec)
-            if spec.zero_shot and not dropped.users_kept["train"]:
-                raise TransferError(f"{spec.label}: no train row has 2 {spec.source} items")
-            settings = transfer_settings(settings, spec)
-            valid_fn = make_valid_fn(selection_data(full, spec), settings)
+            # The one train-or-load library function (also the study's training processes).
+            report = train_checkpoint(model, settings, out, transfer=transfer)
         except (TransferError, EvalError) as exc:
             raise UserError(str(exc)) from None
-        rec = cls(dataset, settings)
-        log.info(
-            "training %s on %s, %s (early stopping: valid NDCG@10, %s) -> %s",
-            model,
-            settings.data.path,
-            spec.label,
-            settings.eval.valid_protocol,
-            out,
-        )
-        report = rec.fit(valid_fn=valid_fn, out=out)
-        body: dict[str, Any] = asdict(report)
-        body["checkpoint"] = str(report.checkpoint or out)
-        body.update(
-            model=model,
-            data=str(settings.data.path),
-            seed=settings.seed,
-            valid_protocol=settings.eval.valid_protocol,
-            train=settings.train.model_dump(),
-            transfer=dropped.to_dict(),
-        )
         report_path = out / FIT_REPORT_FILE
-        report_path.write_text(json.dumps(body, indent=1), encoding="utf-8")
         log.info(
             "%s: %d epochs, %.1f s/epoch, best valid NDCG@10 %.4f at epoch %d (%.0f s in all); "
             "checkpoint %s, report %s",
