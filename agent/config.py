@@ -116,8 +116,8 @@ class TrainSettings(BaseModel):
     # (agent/models/ranking.py): bce (SASRec's), bpr, ce (softmax over all items of the
     # target's domain), sampled-softmax (popularity negatives, logQ-corrected), gbce (gSASRec).
     loss: RankingLossName = "bce"
-    # negatives per position, from the target's own domain; None: 1 for bce, 5 for bpr, 256 for
-    # sampled-softmax and gbce (ce uses the whole domain)
+    # negatives per position, from the target's own domain; None: 1 for bce, 5 for bpr, 1024
+    # for sampled-softmax, 256 for gbce (ce uses the whole domain)
     num_negatives: int | None = None
     gbce_t: float = 0.75  # gSASRec's calibration t: 0 = plain BCE, 1 = fully calibrated
     # sasrec-text: frozen text vectors -> PCA whitening (text_whiten) -> adapter (mlp:
