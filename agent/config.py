@@ -281,8 +281,14 @@ class FinetuneSettings(BaseModel):
 
     out_dir: Path | None = None  # default: <work_dir>/finetune (data, runs; adapters beside)
     # Training data, from train rows only. random: LlamaRec (prefix, next item, 19 uniform
-    # negatives of its domain); hard: the top 20 of a retriever that never saw the target.
-    recipe: Literal["random", "hard"] = "random"
+    # negatives of its domain); hard: the top 20 of a retriever that never saw the target,
+    # over its whole domain; hard-sampled: over the target + hard_negatives uniform negatives
+    # (the test protocol's lists, finetune/build.py).
+    recipe: Literal["random", "hard", "hard-sampled"] = "random"
+    hard_negatives: int = Field(default=999, ge=19)
+    # hard recipes: shuffle the retriever's top list (LlamaRec trains on shuffled lists) or
+    # keep its order, the order the rerankers show at inference
+    shuffle_candidates: bool = True
     kind: Literal["verbalizer", "listwise"] = "verbalizer"
     max_examples: int = Field(default=2000, ge=1)  # a seeded sample of train rows, one each
     per_user: int = Field(default=1, ge=1)  # random recipe: prefixes drawn per sampled row

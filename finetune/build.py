@@ -1,4 +1,4 @@
-"""The two recipes of reranker training data, from train rows only.
+"""The recipes of reranker training data, from train rows only.
 
 - ``random`` (LlamaRec): a seeded sample of train rows; in each, ``per_user`` cut points; the
   history before the cut, the next item as target, 19 negatives drawn uniformly from the
@@ -7,6 +7,13 @@
   last item held out (``holdout_dataset``), so it never saw those targets; it ranks the
   held-out item's domain for the rest of the row; the candidates are its top 20, the target
   put at a random place in place of the 20th when it is missing (counted), then shuffled.
+- ``hard-sampled``: the same retriever ranks what the test protocol shows it (``sampled-999``):
+  the target and 999 negatives drawn uniformly from its domain outside the row. Its top 20
+  then look like the lists the reranker sees at inference, where the target is in the top 20
+  for ~40% of users; over the whole domain (``hard``) it is there for ~3%, so the inserted
+  target is the odd one out and the adapter learns to pick outliers (measured, README). So a
+  row whose target the retriever misses is skipped, not inserted (as LlamaRec reranks only
+  users whose target was retrieved), and rows are drawn until ``max_examples`` are made.
 
 No valid or test row is read: ``check_no_leakage`` proves every example is a cut of its user's
 own train row, and the holdout retriever's data has no train row's last item.
@@ -25,7 +32,7 @@ from tqdm import tqdm
 from agent.data.schema import Dataset, UserSequence
 from agent.models.base import UNKNOWN_ITEM_SCORE, Recommender
 from agent.pipeline.retrieve import top_n
-from finetune.examples import RerankExample
+from finetune.examples import Recipe, RerankExample
 
 log = logging.getLogger(__name__)
 
@@ -108,23 +115,41 @@ def build_hard(
     max_examples: int,
     candidates: int,
     seed: int,
+    negatives: int | None = None,
+    shuffle: bool = True,
     batch: int = 128,
-) -> list[RerankExample]:
-    """The retriever's top ``candidates`` for each sampled row's last item (module docstring).
-    ``retriever`` must have been trained on ``holdout_dataset(data)``."""
+) -> tuple[list[RerankExample], int]:
+    """The retriever's top ``candidates`` for each sampled row's last item (module docstring),
+    and the number of rows skipped because the retriever missed the target (hard-sampled).
+    ``retriever`` must have been trained on ``holdout_dataset(data)``. ``negatives``: rank the
+    target among that many uniform negatives from outside the row (``hard-sampled``) instead
+    of the whole domain (``hard``). ``shuffle=False`` keeps the retriever's order, the order
+    the reranker shows candidates in at inference."""
     rng = random.Random(seed)
     rows = usable_rows(data)
-    picked = rng.sample(rows, min(len(rows), max_examples))
+    sampled = negatives is not None
+    picked = rng.sample(rows, len(rows) if sampled else min(len(rows), max_examples))
     pools = _domain_pools(data)
+    recipe: Recipe = "hard-sampled" if sampled else "hard"
     out: list[RerankExample] = []
-    for start in tqdm(range(0, len(picked), batch), desc="hard candidates", unit="batch"):
+    skipped = 0
+    bar = tqdm(total=max_examples, desc=f"{recipe} examples", unit="ex")
+    for start in range(0, len(picked), batch):
+        if len(out) >= max_examples:
+            break
         chunk = picked[start : start + batch]
         histories = [list(r.items[:-1]) for r in chunk]
         lists = []
         for row, history in zip(chunk, histories, strict=True):
-            seen = set(history)
             domain = data.items[row.items[-1]].domain
-            lists.append([i for i in pools[domain] if i not in seen])
+            if negatives is None:
+                seen = set(history)
+                lists.append([i for i in pools[domain] if i not in seen])
+            else:
+                count = min(negatives, len(pools[domain]) - len(set(row.items)))
+                lists.append(
+                    [row.items[-1], *_negatives(pools[domain], set(row.items), count, rng)]
+                )
         scores = retriever.score(histories, lists)
         for row, history, pool, score in zip(chunk, histories, lists, scores, strict=True):
             target = row.items[-1]
@@ -133,14 +158,20 @@ def build_hard(
             order = top_n(values, candidates, np.random.default_rng([seed, len(out)]))
             shown = [pool[int(i)] for i in order]
             inserted = target not in shown
+            if inserted and sampled:
+                skipped += 1
+                continue
+            if len(out) >= max_examples:
+                break
             if inserted:
                 shown[rng.randrange(len(shown))] = target
-            rng.shuffle(shown)
+            if shuffle:
+                rng.shuffle(shown)
             out.append(
                 RerankExample(
                     id=f"{row.user_id}:{len(history)}",
                     user_id=row.user_id,
-                    recipe="hard",
+                    recipe=recipe,
                     history=history,
                     candidates=shown,
                     target=target,
@@ -148,7 +179,9 @@ def build_hard(
                     inserted=inserted,
                 )
             )
-    return out
+            bar.update()
+    bar.close()
+    return out, skipped
 
 
 def check_no_leakage(examples: Sequence[RerankExample], data: Dataset) -> None:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.data.schema import DataError
 
-Recipe = Literal["random", "hard"]
+Recipe = Literal["random", "hard", "hard-sampled"]
 MANIFEST_FILE = "manifest.json"
 
 

@@ -119,14 +119,18 @@ def make_data(
         )
     else:
         retriever, checkpoint = holdout_retriever(settings, data)
-        examples = build_hard(
+        examples, skipped = build_hard(
             data,
             retriever,
             max_examples=cfg.max_examples,
             candidates=cfg.candidates,
             seed=settings.seed,
+            negatives=cfg.hard_negatives if recipe == "hard-sampled" else None,
+            shuffle=cfg.shuffle_candidates,
         )
-        retriever_info = _retriever_summary(retriever, checkpoint)
+        retriever_info = _retriever_summary(retriever, checkpoint) | {"rows_skipped": skipped}
+        if skipped:  # hard-sampled: rows whose target the retriever's top list missed
+            log.info("%s: %d rows skipped (target not retrieved)", recipe, skipped)
     check_no_leakage(examples, data)
     train = [(u.user_id, u.items) for u in data.split("train")]
     manifest = Manifest.describe(

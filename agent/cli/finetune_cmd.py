@@ -26,7 +26,8 @@ def data_command(
     recipe: Annotated[
         str,
         typer.Option(
-            help="random (LlamaRec), hard (retriever top 20) or next-interest (profile adapter)."
+            help="random (LlamaRec), hard (retriever top 20 of the domain), hard-sampled "
+            "(retriever top 20 of 1,000 as at test) or next-interest (profile adapter)."
         ),
     ] = "random",
     examples: Annotated[int | None, typer.Option(help="Most examples (finetune.max_examples).")] = (
@@ -38,8 +39,10 @@ def data_command(
     from finetune.build import LeakageError
     from finetune.pipeline import make_data
 
-    if recipe not in ("random", "hard", "next-interest"):
-        raise UserError(f"--recipe {recipe!r}: expected random, hard or next-interest")
+    if recipe not in ("random", "hard", "hard-sampled", "next-interest"):
+        raise UserError(
+            f"--recipe {recipe!r}: expected random, hard, hard-sampled or next-interest"
+        )
     settings = state(ctx).settings(
         **_overrides(max_examples=examples), **{"data.path": str(data) if data else None}
     )
@@ -83,8 +86,8 @@ def train_command(
 
     if kind is not None and kind not in ("verbalizer", "listwise", "profile"):
         raise UserError(f"--kind {kind!r}: expected verbalizer, listwise or profile")
-    if recipe is not None and recipe not in ("random", "hard"):
-        raise UserError(f"--recipe {recipe!r}: expected random or hard")
+    if recipe is not None and recipe not in ("random", "hard", "hard-sampled"):
+        raise UserError(f"--recipe {recipe!r}: expected random, hard or hard-sampled")
     settings = state(ctx).settings(**_overrides(max_steps=steps, device=device))
     if settings.finetune.device.startswith("cuda"):
         import torch

@@ -97,7 +97,8 @@ def test_hard_recipe_uses_retriever_top_and_counts_inserted(
 ) -> None:
     holdout = holdout_dataset(slice_data)
     retriever = PopularityRecommender(holdout, settings)
-    examples = build_hard(slice_data, retriever, max_examples=80, candidates=20, seed=5)
+    examples, skipped = build_hard(slice_data, retriever, max_examples=80, candidates=20, seed=5)
+    assert skipped == 0
     assert len(examples) == 80
     check_no_leakage(examples, slice_data)
     for ex in examples:
@@ -150,3 +151,39 @@ def test_bad_example_line_names_file_line_and_field(tmp_path: Path) -> None:
     path.write_text(json.dumps(missing) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match="line 1, field 'target'"):
         read_examples(path)
+
+
+def test_hard_sampled_recipe_keeps_only_retrieved_targets(
+    slice_data: Dataset, settings: Settings
+) -> None:
+    """The test protocol's lists (target + uniform negatives): a target the retriever's top 20
+    misses skips the row; every kept example holds its target without insertion."""
+    holdout = holdout_dataset(slice_data)
+    retriever = PopularityRecommender(holdout, settings)
+    examples, skipped = build_hard(
+        slice_data, retriever, max_examples=40, candidates=20, seed=5, negatives=99
+    )
+    assert 0 < len(examples) <= 40 and skipped > 0
+    check_no_leakage(examples, slice_data)
+    domains = {i: it.domain for i, it in slice_data.items.items()}
+    for ex in examples:
+        assert ex.recipe == "hard-sampled" and not ex.inserted
+        assert ex.target in ex.candidates and len(set(ex.candidates)) == 20
+        assert not set(ex.candidates) & set(ex.history)
+        assert {domains[c] for c in ex.candidates} == {ex.domain}
+    # Seeded: the same call gives the same examples.
+    again, _ = build_hard(
+        slice_data, retriever, max_examples=40, candidates=20, seed=5, negatives=99
+    )
+    assert [e.candidates for e in again] == [e.candidates for e in examples]
+
+
+def test_hard_recipe_can_keep_the_retrievers_order(slice_data: Dataset, settings: Settings) -> None:
+    holdout = holdout_dataset(slice_data)
+    retriever = PopularityRecommender(holdout, settings)
+    examples, _ = build_hard(
+        slice_data, retriever, max_examples=20, candidates=20, seed=5, negatives=99, shuffle=False
+    )
+    for ex in examples:
+        scores = retriever.score([ex.history], [ex.candidates])[0]
+        assert list(scores) == sorted(scores, reverse=True)
