@@ -36,6 +36,7 @@ from agent.data.schema import Dataset
 from agent.logging_setup import setup_logging
 from agent.service import RecBridgeService
 from agent.service.queries import Query
+from eval.evaluator import make_valid_fn
 
 log = logging.getLogger("bench_api")
 
@@ -279,7 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         time_limit_s=args.level_seconds,
     )
     started = time.perf_counter()
-    service = RecBridgeService.from_settings(settings, pipelines=plan.pipelines, preload=True)
+    # Built as `recbridge serve` builds it (it may train a retriever that has no checkpoint).
+    service = RecBridgeService.from_settings(
+        settings, pipelines=plan.pipelines, preload=True, valid_fn_factory=make_valid_fn
+    )
     jobs = workload(service.data, 256, args.candidates, settings.seed)
     local = asyncio.run(in_process(service, plan, jobs))
     del service

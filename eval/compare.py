@@ -10,10 +10,10 @@ from typing import Any, Literal
 from agent.config import Settings
 from agent.data.schema import Dataset
 from agent.models.base import Recommender, ValidFn
+from agent.models.prepare import ModelNotReady, default_checkpoint, is_checkpoint, prepare_model
 from agent.models.registry import recommender_class
 from agent.pipeline.build import TwoStageSpec, two_stage_factory
 from eval.evaluator import EvalResult, RankingEvaluator, make_valid_fn
-from eval.modelprep import ModelNotReady, default_checkpoint, is_checkpoint, prepare_model
 from eval.report import ReportPaths, write_report
 from eval.two_stage import TwoStageRow, cost_markdown, evaluate_two_stage, extra_info
 
@@ -87,18 +87,22 @@ def compare_models(
     results: list[EvalResult] = []
     models: dict[str, Recommender] = {}
     prepared: dict[str, dict[str, Any]] = {}
-    valid_fn: ValidFn | None = None
+    valid_fns: list[ValidFn] = []
+
+    def shared_valid_fn(data: Dataset, settings: Settings) -> ValidFn:
+        # Built on the first model that trains, then shared (its candidates are sampled once).
+        if not valid_fns:
+            valid_fns.append(make_valid_fn(data, settings))
+        return valid_fns[0]
+
     for model_name in names:
-        needs_training = train_missing and model_name not in checkpoints
-        if needs_training and valid_fn is None and recommender_class(model_name).trainable:
-            valid_fn = make_valid_fn(dataset, settings)
         prep = prepare_model(
             model_name,
             dataset,
             settings,
             checkpoint=checkpoints.get(model_name),
             train=train_missing,
-            valid_fn=valid_fn,
+            valid_fn_factory=shared_valid_fn,
         )
         models[model_name] = prep.model
         prepared[model_name] = prep.describe()

@@ -48,7 +48,8 @@ from typing import Any, Literal, get_args
 
 from agent.config import Settings
 from agent.data.schema import Dataset, LoadReport, UserSequence
-from agent.models.base import ValidFn
+from agent.models.base import FitReport, ValidFn
+from agent.models.prepare import ModelNotReady, default_checkpoint, is_checkpoint, train_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -356,8 +357,6 @@ def transfer_settings(settings: Settings, transfer: Transfer) -> Settings:
 
 def checkpoint_path(settings: Settings, model: str, transfer: Transfer) -> Path:
     """The default checkpoint folder of ``model`` under the protocol (in-domain: unchanged)."""
-    from eval.modelprep import default_checkpoint
-
     if not transfer.zero_shot:
         return default_checkpoint(settings, model)
     return default_checkpoint(settings, f"{model}@{transfer.model_tag}")
@@ -378,7 +377,6 @@ def prepare_checkpoints(
     in-domain default checkpoints are never read or written. Returns (checkpoints, fits)."""
     from agent.models.registry import build_recommender, recommender_class
     from eval.evaluator import make_valid_fn
-    from eval.modelprep import ModelNotReady, is_checkpoint
 
     out = dict(checkpoints)
     fits: dict[str, Any] = {}
@@ -410,3 +408,25 @@ def prepare_checkpoints(
         fits[name] = fit
         out[name] = path
     return out, fits
+
+
+def train_under_protocol(
+    name: str, settings: Settings, out: Path, *, transfer: str | None = None
+) -> FitReport:
+    """Train ``name`` under the protocol (in-domain, or zero-shot ``SOURCE:TARGET``) into
+    ``out``: the library's ``train_checkpoint`` on the protocol's data, early stopping on
+    valid NDCG@10 of ``selection_data`` (``recbridge train`` and the study's processes)."""
+    from agent.data.loader import load_dataset
+    from eval.evaluator import make_valid_fn
+
+    spec = Transfer.parse(transfer, "target")
+    full = load_dataset(settings.data)
+    data, dropped = apply_transfer(full, spec)
+    if spec.zero_shot and not dropped.users_kept["train"]:
+        raise TransferError(f"{spec.label}: no train row has 2 {spec.source} items")
+    settings = transfer_settings(settings, spec)
+    valid_fn = make_valid_fn(selection_data(full, spec), settings)
+    log.info("training %s under %s", name, spec.label)
+    return train_checkpoint(
+        name, data, settings, out, valid_fn=valid_fn, transfer=dropped.to_dict()
+    )

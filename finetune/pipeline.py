@@ -28,10 +28,10 @@ from agent.llm.adapters import CARD_FILE
 from agent.llm.model_files import require_model_dir
 from agent.llm.threads import torch_threads
 from agent.models.base import Recommender
+from agent.models.prepare import is_checkpoint, prepare_model
 from agent.models.registry import build_recommender
 from agent.prompts import load_template
 from eval.evaluator import make_valid_fn
-from eval.modelprep import is_checkpoint, prepare_model
 from eval.runinfo import run_info
 from finetune.build import build_hard, build_random, check_no_leakage, holdout_dataset
 from finetune.examples import (
@@ -220,7 +220,9 @@ def train_adapter(
     fingerprint = _fingerprint(manifest.model_dump(), cfg.model_dump(mode="json"), prompt, kind)
     validator = None
     if validate:
-        retriever = prepare_model(cfg.retriever, data, settings, train=True).model
+        retriever = prepare_model(
+            cfg.retriever, data, settings, train=True, valid_fn_factory=make_valid_fn
+        ).model
         validator = RerankValidator(data, settings, retriever, kind)
     run_dir = settings.finetune_dir / "runs" / name
     trainer = LoraTrainer(

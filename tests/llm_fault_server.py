@@ -23,6 +23,7 @@ class Step:
     status: int = 500  # for "status" (and "reject_format": the rejection's code)
     seconds: float = 0.0  # for "sleep"; "ok" replies also wait this long
     headers: tuple[tuple[str, str], ...] = ()
+    reply: str | None = None  # for "ok": this answer text instead of the echo of the prompt
 
 
 OK = Step()
@@ -152,7 +153,8 @@ class FaultServer:
                 time.sleep(step.seconds)
                 last = body["messages"][-1]["content"]
                 top_k = int(body.get("top_logprobs", 0)) if body.get("logprobs") else 0
-                self._send(200, completion(f"echo: {last}", body.get("model", ""), top_k))
+                text = step.reply if step.reply is not None else f"echo: {last}"
+                self._send(200, completion(text, body.get("model", ""), top_k))
 
         return Handler
 

@@ -12,6 +12,7 @@ import uvicorn
 from agent.api.app import create_app
 from agent.api.guard import RequestIdFilter
 from agent.config import Settings
+from agent.models.prepare import ValidFnFactory
 from agent.service import RecBridgeService
 from agent.service.llm import BackendKind
 
@@ -40,10 +41,16 @@ def run_server(
     *,
     backend: BackendKind | None = None,
     train_missing: bool | None = None,
+    valid_fn_factory: ValidFnFactory | None = None,
 ) -> None:
-    """Build the service, then serve it on ``serve.host:serve.port`` until stopped."""
+    """Build the service, then serve it on ``serve.host:serve.port`` until stopped
+    (``valid_fn_factory``: early stopping for retrievers it trains, ``serve.train_missing``)."""
     service = RecBridgeService.from_settings(
-        settings, backend=backend, train_missing=train_missing, preload=True
+        settings,
+        backend=backend,
+        train_missing=train_missing,
+        preload=True,
+        valid_fn_factory=valid_fn_factory,
     )
     app = create_app(service)
     serve = settings.serve

@@ -14,6 +14,7 @@ from agent.config import Settings
 from agent.data.loader import load_dataset
 from agent.llm.backend import LLMError
 from agent.llm.model_files import ModelFilesError
+from agent.models.prepare import ModelNotReady
 from agent.models.registry import UnknownModelError
 from agent.pipeline.build import TwoStageSpec, parse_specs
 from agent.prompts import PromptError
@@ -21,7 +22,6 @@ from agent.rerank.registry import RERANKERS
 from eval.candidates import CandidatesError
 from eval.compare import TwoStagePlan, compare_models
 from eval.evaluator import EvalError
-from eval.modelprep import ModelNotReady
 from eval.report import print_table
 from eval.transfer import (
     TransferError,

@@ -108,9 +108,8 @@ def recommend(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Recommend for a user of the data (--user) or a raw history (--history)."""
-    from agent.pipeline.recommend import RecommendOptions, arecommend
     from agent.rerank.registry import RERANKERS
-    from agent.service import SERVICE_ERRORS, RecBridgeService
+    from agent.service import SERVICE_ERRORS, PipelineSpec, RecBridgeService
 
     if (user is None) == (history is None):
         raise UserError("give exactly one of --user and --history")
@@ -140,23 +139,15 @@ def recommend(
             target = found[0].target
         else:
             items = [i.strip() for i in (history or "").split(",") if i.strip()]
-        options = RecommendOptions(
-            user_id=user,
-            domain=domain,
-            top_n=settings.rerank.top_n,
-            top_k=top_k,
-            history_items=settings.rerank.history_items,
-            seed=settings.seed,
-            fusion_weight=settings.rerank.fusion_weight,
-        )
+        spec = PipelineSpec(retriever, None if reranker == "none" else reranker, use_profile)
         rec = service.run(
-            arecommend(
-                dataset,
-                service.retriever(retriever),
+            service.arecommendation(
+                spec,
                 items,
-                reranker=service.reranker(reranker, use_profile) if reranker != "none" else None,
-                profiles=service.profiles if use_profile else None,
-                options=options,
+                user_id=user,
+                domain=domain,
+                top_k=top_k,
+                top_n=settings.rerank.top_n,
             )
         )
     except SERVICE_ERRORS as exc:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -21,21 +20,13 @@ from agent.cli.common import UserError, console, handles_user_errors, state
 from agent.cli.eval_cmd import EVAL_ERRORS, LLM_ERRORS, llm_backend_kind, reranker_specs
 from agent.cli.recommend_cmd import render_recommendation
 from agent.config import Settings
-from agent.data.loader import load_dataset
-from agent.data.schema import Dataset, UserSequence
 from agent.data.stats import compute_stats
-from agent.items.embedder import make_embedder
-from agent.items.embeddings import item_embeddings
 from agent.llm.adapters import best_rerank_adapter
-from agent.llm.model_files import prepare_model
 from agent.models.base import Recommender
-from agent.models.text_knn import TextKNNRecommender
-from agent.pipeline.build import TwoStageSpec, two_stage_factory
-from agent.pipeline.recommend import RecommendOptions, recommend
-from agent.rerank.registry import make_reranker
-from agent.store.chroma_store import ItemIndex, make_client
+from agent.pipeline.build import TwoStageSpec
+from agent.service import SERVICE_ERRORS, PipelineSpec, RecBridgeService
 from eval.compare import Comparison, TwoStagePlan, compare_models
-from eval.evaluator import RankingEvaluator
+from eval.evaluator import RankingEvaluator, make_valid_fn
 from eval.report import print_table, write_report
 from eval.two_stage import cost_markdown, cost_table, evaluate_two_stage, extra_info
 
@@ -46,6 +37,8 @@ DEFAULT_RERANKERS = "listwise,verbalizer"
 # LLM profiling + reranking on a CPU costs about a minute per user: a sample keeps it minutes.
 DEFAULT_RERANK_USERS = 10
 EXAMPLE_TOP = 10
+PREPARE_ERRORS: tuple[type[Exception], ...] = (*EVAL_ERRORS, *SERVICE_ERRORS)
+RERANK_ERRORS: tuple[type[Exception], ...] = (*LLM_ERRORS, *SERVICE_ERRORS)
 
 
 def register(app: typer.Typer) -> None:
@@ -87,7 +80,10 @@ def run(
     if specs:
         specs += adapter_specs(settings)
     started = time.perf_counter()
-    dataset = load_dataset(settings.data)
+    service = RecBridgeService.from_settings(
+        settings, backend=kind, pipelines=[], valid_fn_factory=make_valid_fn, progress=True
+    )
+    dataset = service.data
     stats = compute_stats(dataset)
     log.info(
         "data %s: %d items, %d users, %d interactions, domains %s",
@@ -97,76 +93,71 @@ def run(
         stats.interactions,
         ", ".join(dataset.domains),
     )
-    embeddings = index_items(dataset, settings)
     try:
+        index = service.item_index  # every item embedded (cached) and in Chroma
+        log.info("Chroma collection %s: %d items", index.name, index.count())
         comparison = compare_models(dataset, settings, names, out=out, name=None)
-    except EVAL_ERRORS as exc:
+    except PREPARE_ERRORS as exc:
         raise UserError(str(exc)) from None
     print_table(comparison.results, comparison.evaluator.ks, console)
     log.info("report: %s", comparison.paths.directory)
-    if not specs:
-        show_example(dataset, settings, comparison, embeddings)
-    else:
-        best_name, best = _best_trained(comparison) or (names[0], comparison.models[names[0]])
-        plan = TwoStagePlan(best_name, specs, kind)
-        try:
-            rerank_sample(dataset, settings, plan, best, rerank_users, embeddings, comparison)
-        except LLM_ERRORS as exc:
-            raise UserError(str(exc)) from None
+    for name, model in comparison.models.items():
+        service.add_retriever(name, model)  # trained or loaded once, by the comparison
+    try:
+        if not specs:
+            show_example(service, comparison)
+        else:
+            best_name, best = _best_trained(comparison) or (names[0], comparison.models[names[0]])
+            plan = TwoStagePlan(best_name, specs, kind)
+            rerank_sample(service, plan, best, rerank_users, comparison)
+    except RERANK_ERRORS as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        service.close_caches()
     log.info("done in %.0f s", time.perf_counter() - started)
 
 
 def rerank_sample(
-    dataset: Dataset,
-    settings: Settings,
+    service: RecBridgeService,
     plan: TwoStagePlan,
     retriever: Recommender,
     users: int,
-    embeddings: np.ndarray,
     comparison: Comparison,
 ) -> None:
     """The best model as retriever, alone and with each reranker, on ``users`` seeded test
     users (same candidates as the main table); then the first of them end to end."""
+    dataset, settings = service.data, service.settings
     name = plan.retriever
-    if (plan.backend or settings.llm.backend) == "local" and settings.llm.model_dir is None:
-        # The embedded default: convert the packaged model on first use (once, ~20-60 s).
-        prepare_model(settings.llm_model_dir)
     evaluator = RankingEvaluator(dataset, settings, users=users)
     log.info("two-stage: %s + %s on %d test users", name, rerankers_of(plan), len(evaluator.users))
-    with two_stage_factory(settings, backend=plan.backend, embeddings=embeddings) as factory:
-        rows = evaluate_two_stage(evaluator, factory, name, retriever, plan.specs)
-        results = [evaluator(retriever, name=name), *(r.result for r in rows)]
-        extra = {"two_stage": extra_info(rows, factory), "retriever": name}
-        paths = write_report(
-            results,
-            settings,
-            comparison.paths.directory / "two-stage",
-            extra=extra,
-            appendix=cost_markdown(rows),
-        )
-        print_table(results, evaluator.ks, console)
-        console.print(cost_table(rows))
-        log.info("two-stage report: %s", paths.directory)
+    factory = service.factory  # the service's LLM backend (prepared on first use) and caches
+    rows = evaluate_two_stage(evaluator, factory, name, retriever, plan.specs)
+    results = [evaluator(retriever, name=name), *(r.result for r in rows)]
+    extra = {"two_stage": extra_info(rows, factory), "retriever": name}
+    paths = write_report(
+        results,
+        settings,
+        comparison.paths.directory / "two-stage",
+        extra=extra,
+        appendix=cost_markdown(rows),
+    )
+    print_table(results, evaluator.ks, console)
+    console.print(cost_table(rows))
+    log.info("two-stage report: %s", paths.directory)
 
-        user = evaluator.users[0]
-        spec = plan.specs[0]
-        reranker = make_reranker(
-            spec.reranker, factory.backend, settings, use_profile=spec.use_profile
-        )
-        profiles = factory.profile_source(dataset) if spec.use_profile else None
-        target = user.target
-        options = RecommendOptions(
+    user = evaluator.users[0]
+    spec = plan.specs[0]
+    target = user.target
+    rec = service.run(
+        service.arecommendation(
+            PipelineSpec(name, spec.reranker, spec.use_profile),
+            user.history,
             user_id=user.user_id,
             domain=dataset.domain_of(target) if target else None,
-            top_n=settings.rerank.top_n,
             top_k=EXAMPLE_TOP,
-            history_items=settings.rerank.history_items,
-            seed=settings.seed,
-            fusion_weight=settings.rerank.fusion_weight,
+            top_n=settings.rerank.top_n,
         )
-        rec = recommend(
-            dataset, retriever, user.history, reranker=reranker, profiles=profiles, options=options
-        )
+    )
     console.rule(f"example: user {user.user_id}, full {rec.domain} catalogue")
     console.print(render_recommendation(rec, dataset, target))
 
@@ -190,21 +181,6 @@ def rerankers_of(plan: TwoStagePlan) -> str:
     return ",".join(dict.fromkeys(s.reranker for s in plan.specs))
 
 
-def index_items(dataset: Dataset, settings: Settings) -> np.ndarray:
-    """Embed every item (cached) and make sure the Chroma index holds them all."""
-    embeddings = item_embeddings(dataset, settings)
-    index = ItemIndex(make_client(settings), settings, make_embedder(settings).model_id)
-    report = index.index(dataset, embeddings)
-    log.info(
-        "Chroma collection %s: %d items (%d written now, %.0f items/s)",
-        index.name,
-        report.count,
-        report.upserted,
-        report.items_per_s,
-    )
-    return embeddings
-
-
 def _best_trained(comparison: Comparison) -> tuple[str, Recommender] | None:
     trained = [r for r in comparison.results if comparison.models[r.model].trainable]
     if not trained:
@@ -213,11 +189,11 @@ def _best_trained(comparison: Comparison) -> tuple[str, Recommender] | None:
     return best.model, comparison.models[best.model]
 
 
-def show_example(
-    dataset: Dataset, settings: Settings, comparison: Comparison, embeddings: np.ndarray
-) -> None:
-    """One evaluated user end to end: history, target, Chroma retrieval, best model's list."""
-    user: UserSequence = comparison.evaluator.users[0]
+def show_example(service: RecBridgeService, comparison: Comparison) -> None:
+    """One evaluated user end to end: history, target, Chroma retrieval, best model's list
+    over the target domain's whole catalogue (history excluded)."""
+    dataset = service.data
+    user = comparison.evaluator.users[0]
     target = user.target
     assert target is not None  # evaluated users are valid/test rows
     domain = dataset.domain_of(target)
@@ -231,20 +207,21 @@ def show_example(
     console.print(history)
     console.print(f"held-out target ({domain}): {dataset.items[target].title[:90]}")
 
-    knn = TextKNNRecommender(dataset, settings, embeddings=embeddings)
-    lists: dict[str, list[str]] = {
-        "text-knn (Chroma)": [i for i, _ in knn.retrieve(user.history, domain, EXAMPLE_TOP)]
-    }
+    shown = {"text-knn (Chroma)": "text-knn"}
     best = _best_trained(comparison)
     if best is not None:
-        name, model = best
-        seen = set(user.history)
-        pool = [dataset.catalog.ids[i - 1] for i in dataset.catalog.domain_items(domain)]
-        pool = [i for i in pool if i not in seen]
-        scores = model.score([user.history], [pool])[0]
-        order = np.argsort(-scores, kind="stable")[:EXAMPLE_TOP]
-        lists[f"{name} (full {domain} catalogue)"] = [pool[int(i)] for i in order]
-    for title, items in lists.items():
+        shown[f"{best[0]} (full {domain} catalogue)"] = best[0]
+
+    async def lists() -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for title, name in shown.items():
+            rec = await service.arecommendation(
+                PipelineSpec(name), user.history, domain=domain, top_k=EXAMPLE_TOP
+            )
+            out[title] = [x.item_id for x in rec.items]
+        return out
+
+    for title, items in service.run(lists()).items():
         table = Table(title=title, box=None)
         table.add_column("rank", justify="right")
         table.add_column("title")

@@ -11,6 +11,7 @@ from agent.cli.common import UserError, handles_user_errors, log, state
 from agent.rerank.registry import RERANKERS
 from agent.scoring import score_file
 from agent.service import SERVICE_ERRORS, RecBridgeService
+from eval.evaluator import make_valid_fn
 
 
 def register(app: typer.Typer) -> None:
@@ -67,7 +68,9 @@ def register(app: typer.Typer) -> None:
         }
         settings = state(ctx).settings(**overrides)
         try:
-            service = RecBridgeService.from_settings(settings, backend=kind, pipelines=[])
+            service = RecBridgeService.from_settings(
+                settings, backend=kind, pipelines=[], valid_fn_factory=make_valid_fn
+            )
             retriever = service.retriever(
                 model,
                 train=train,

@@ -43,6 +43,7 @@ def serve(
     """Serve the HTTP API until Ctrl-C or SIGTERM (requests in flight finish first)."""
     from agent.api.server import run_server
     from agent.service import SERVICE_ERRORS
+    from eval.evaluator import make_valid_fn
 
     if backend not in (None, "local", "openai"):
         raise UserError(f"--backend {backend!r}: expected local or openai")
@@ -59,6 +60,6 @@ def serve(
     }
     settings = state(ctx).settings(**overrides)
     try:
-        run_server(settings)
+        run_server(settings, valid_fn_factory=make_valid_fn)
     except SERVICE_ERRORS as exc:
         raise UserError(str(exc)) from None

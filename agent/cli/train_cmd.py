@@ -79,13 +79,12 @@ def register(app: typer.Typer) -> None:
             return
 
         from eval.evaluator import EvalError  # heavy imports only when training
-        from eval.modelprep import train_checkpoint
-        from eval.transfer import checkpoint_path
+        from eval.transfer import checkpoint_path, train_under_protocol
 
         out = out or checkpoint_path(settings, model, spec)
         try:
-            # The one train-or-load library function (also the study's training processes).
-            report = train_checkpoint(model, settings, out, transfer=transfer)
+            # The library's train_checkpoint under the protocol (also the study's processes).
+            report = train_under_protocol(model, settings, out, transfer=transfer)
         except (TransferError, EvalError) as exc:
             raise UserError(str(exc)) from None
         report_path = out / FIT_REPORT_FILE

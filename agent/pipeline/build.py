@@ -46,20 +46,30 @@ def parse_specs(rerankers: str, *, profile: bool, ablation: bool) -> list[TwoSta
 
 
 class TwoStageFactory:
-    """Builds two-stage recommenders that share one LLM backend and the on-disk caches."""
+    """Builds two-stage recommenders that share one LLM backend and the on-disk caches.
+
+    ``backend`` is a backend kind (a new backend is made) or an existing ``LLMBackend`` (a
+    long-lived service's, shared); an existing ``profile_cache`` is shared the same way. The
+    factory closes only the caches it opened itself.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
-        backend: Literal["local", "openai"] | None = None,
+        backend: LLMBackend | Literal["local", "openai"] | None = None,
         embeddings: np.ndarray | None = None,
+        profile_cache: ProfileCache | None = None,
     ) -> None:
         self.settings = settings
-        self.backend: LLMBackend = make_backend(settings, backend)
+        self.backend: LLMBackend = (
+            backend if isinstance(backend, LLMBackend) else make_backend(settings, backend)
+        )
         self.embeddings = embeddings
         self._stack = ExitStack()
-        self.profile_cache = self._stack.enter_context(ProfileCache(settings.profile_cache_dir))
+        self.profile_cache = profile_cache or self._stack.enter_context(
+            ProfileCache(settings.profile_cache_dir)
+        )
         self.rerank_cache = self._stack.enter_context(RerankCache(settings.work_dir / "rerank"))
 
     def profile_source(self, data: Dataset) -> ProfileSource:

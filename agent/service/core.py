@@ -1,12 +1,19 @@
 """``RecBridgeService``: the system assembled once from Settings and kept alive.
 
 It holds the dataset, the item embeddings and the Chroma item index, the retrievers (each
-prepared by the one train-or-load function, ``eval.modelprep.prepare_model``), the LLM backend
-(model prepared on first use, HTTP client open for the service's life), the rerankers and the
-profile cache. Its async methods serve one request each; CPU work (scoring, embedding, Chroma)
-runs in worker threads so that LLM requests of concurrent callers share the backend's batches.
-Components are built on first use, so a CLI command pays only for what it needs;
-``from_settings(preload=True)`` builds them all up front (the server).
+prepared by the one train-or-load function, ``agent.models.prepare.prepare_model``), the LLM
+backend (model prepared on first use, HTTP client open for the service's life), the rerankers,
+the two-stage factory and the profile cache. Every recommendation, whatever asks for it (the
+API's routes, ``recbridge recommend``, ``recbridge run``), goes through the one recommend path,
+``agent.pipeline.recommend.arecommend`` (``arecommendation`` here). Its async methods serve one
+request each; CPU work (scoring, embedding, Chroma) runs in worker threads so that LLM requests
+of concurrent callers share the backend's batches. Components are built on first use, so a CLI
+command pays only for what it needs; ``from_settings(preload=True)`` builds them all up front
+(the server).
+
+Training a retriever that has no checkpoint needs an early-stopping function from the
+evaluation layer above the library: whoever allows training (the CLI, the API server) passes
+``valid_fn_factory`` (``eval.evaluator.make_valid_fn``).
 """
 
 from __future__ import annotations
@@ -14,10 +21,9 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import re
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Collection, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,14 +39,15 @@ from agent.llm.local_backend import LocalBackend
 from agent.llm.model_files import ModelFilesError
 from agent.llm.openai_backend import OpenAIBackend
 from agent.models.base import UNKNOWN_ITEM_SCORE, Recommender
+from agent.models.prepare import ModelNotReady, ValidFnFactory, prepare_model
 from agent.models.text_knn import TextKNNRecommender
 from agent.pipeline.build import TwoStageFactory, TwoStageSpec
 from agent.pipeline.profile_source import ProfileSource, history_user
-from agent.pipeline.retrieve import retrieve, top_n
+from agent.pipeline.recommend import Recommendation, RecommendOptions, arecommend
 from agent.pipeline.two_stage import TwoStageRecommender
 from agent.profiles.cache import ProfileCache
 from agent.profiles.models import ProfileTree
-from agent.rerank.base import Reranker, RerankRequest, RerankResult, profile_text
+from agent.rerank.base import Reranker
 from agent.rerank.registry import make_reranker
 from agent.service.errors import BadRequest, NotFound, TooLarge, Unavailable
 from agent.service.llm import BackendKind, ensure_llm_model, open_backend
@@ -54,18 +61,14 @@ from agent.service.queries import (
     RerankHit,
     RerankOutcome,
     Resolved,
-    Usage,
 )
 from agent.store.chroma_store import ItemIndex, make_client
-from eval.modelprep import ModelNotReady, prepare_model
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_TOP_K = 10
 HEALTH_TIMEOUT_S = 5.0
-# An LLM error text as LLMError writes it: the LLM is down, not merely confused.
-_LLM_DOWN = re.compile(r"\bLLM (timeout|connection|server_error)\b")
 
 
 def _norm_title(text: str) -> str:
@@ -83,10 +86,14 @@ class RecBridgeService:
         backend: BackendKind | None = None,
         pipelines: Sequence[str] | None = None,
         train_missing: bool | None = None,
+        valid_fn_factory: ValidFnFactory | None = None,
+        progress: bool = False,
     ) -> None:
         self.settings = settings
         self.data = data
         self.backend_kind = backend
+        self.valid_fn_factory = valid_fn_factory
+        self.progress = progress  # progress bars while embedding and indexing (a CLI job)
         self.train_missing = (
             settings.serve.train_missing if train_missing is None else train_missing
         )
@@ -131,14 +138,19 @@ class RecBridgeService:
         train_missing: bool | None = None,
         preload: bool = False,
         data: Dataset | None = None,
+        valid_fn_factory: ValidFnFactory | None = None,
+        progress: bool = False,
     ) -> RecBridgeService:
-        """The service on ``settings``; ``preload`` builds every component now (a server)."""
+        """The service on ``settings``; ``preload`` builds every component now (a server);
+        ``valid_fn_factory`` lets it train retrievers that have no checkpoint."""
         service = cls(
             settings,
             data if data is not None else load_dataset(settings.data),
             backend=backend,
             pipelines=pipelines,
             train_missing=train_missing,
+            valid_fn_factory=valid_fn_factory,
+            progress=progress,
         )
         if preload:
             service.preload()
@@ -185,7 +197,7 @@ class RecBridgeService:
     def embeddings(self) -> np.ndarray:
         if self._embeddings is None:
             self._embeddings = item_embeddings(
-                self.data, self.settings, progress=False, embedder=self.embedder
+                self.data, self.settings, progress=self.progress, embedder=self.embedder
             )
         return self._embeddings
 
@@ -197,7 +209,14 @@ class RecBridgeService:
                 index = ItemIndex(make_client(self.settings), self.settings, self.embedder.model_id)
                 if index.count() != len(self.data.catalog):
                     log.info("item index %s is incomplete; indexing", index.name)
-                    index.index(self.data, self.embeddings, progress=False)
+                    report = index.index(self.data, self.embeddings, progress=self.progress)
+                    log.info(
+                        "item index %s: %d items (%d written now, %.0f items/s)",
+                        index.name,
+                        report.count,
+                        report.upserted,
+                        report.items_per_s,
+                    )
                 self._index = index
             return self._index
 
@@ -209,8 +228,10 @@ class RecBridgeService:
         checkpoint: Path | None = None,
         train_hint: str = ", or allow training (serve.train_missing=true / serve --train)",
     ) -> Recommender:
-        """The retriever ``name``, prepared once (checkpoint, or trained if allowed)."""
+        """The retriever ``name``, prepared once (checkpoint, or trained if allowed and the
+        service was given a ``valid_fn_factory``)."""
         if name not in self._retrievers:
+            allowed = self.train_missing if train is None else train
 
             def prepare() -> Recommender:
                 return prepare_model(
@@ -218,7 +239,8 @@ class RecBridgeService:
                     self.data,
                     self.settings,
                     checkpoint=checkpoint,
-                    train=self.train_missing if train is None else train,
+                    train=allowed,
+                    valid_fn_factory=self.valid_fn_factory,
                     train_hint=train_hint,
                     embeddings=self.embeddings if name == "text-knn" else None,
                 ).model
@@ -230,11 +252,15 @@ class RecBridgeService:
                 # prepared: prepare it now, as `recbridge llm prepare` would, and go on.
                 ensure_llm_model(self.settings, self.backend_kind)
                 model = prepare()
-            if isinstance(model, TextKNNRecommender):
-                model._index = self.item_index  # one Chroma client for the whole service
-            self._retrievers[name] = model
-            self._retriever_locks[name] = threading.Lock()
+            self.add_retriever(name, model)
         return self._retrievers[name]
+
+    def add_retriever(self, name: str, model: Recommender) -> None:
+        """Serve ``model`` (prepared by the caller, e.g. an evaluation run) as ``name``."""
+        if isinstance(model, TextKNNRecommender):
+            model._index = self.item_index  # one Chroma client for the whole service
+        self._retrievers[name] = model
+        self._retriever_locks[name] = threading.Lock()
 
     @property
     def backend(self) -> LLMBackend:
@@ -269,15 +295,25 @@ class RecBridgeService:
             )
         return self._profiles
 
+    @property
+    def factory(self) -> TwoStageFactory:
+        """The pipeline's two-stage factory (fusion, adapters, the rerank cache) over this
+        service's LLM backend and profile cache."""
+        if self._factory is None:
+            embeddings = self.embeddings if self.settings.profile.clusters > 0 else None
+            self._factory = TwoStageFactory(
+                self.settings,
+                backend=self.backend,
+                embeddings=embeddings,
+                profile_cache=self.profile_cache,
+            )
+        return self._factory
+
     def two_stage(
         self, retriever: Recommender, reranker: str, use_profile: bool
     ) -> TwoStageRecommender:
-        """The two-stage system as a ``Recommender`` (batch scoring: ``score``), built by the
-        pipeline's own factory (fusion, adapters, the rerank cache), the LLM prepared first."""
-        if self._factory is None:
-            ensure_llm_model(self.settings, self.backend_kind)
-            self._factory = TwoStageFactory(self.settings, backend=self.backend_kind)
-        return self._factory.build(retriever, TwoStageSpec(reranker, use_profile))
+        """The two-stage system as a ``Recommender`` (batch scoring: ``score``)."""
+        return self.factory.build(retriever, TwoStageSpec(reranker, use_profile))
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run one coroutine on a fresh event loop (a CLI command), then close the LLM client
@@ -298,10 +334,10 @@ class RecBridgeService:
         self.close_caches()
 
     def close_caches(self) -> None:
-        if self._profile_cache is not None:
-            self._profile_cache.close()
         if self._factory is not None:
             self._factory.close()
+        if self._profile_cache is not None:
+            self._profile_cache.close()
         self._profile_cache = None
         self._factory = None
         self._profiles = None
@@ -454,72 +490,51 @@ class RecBridgeService:
             )
         return domain
 
-    def _score(self, name: str, history: list[str], candidates: list[str]) -> np.ndarray:
-        model = self.retriever(name)
-        with self._retriever_locks[name]:  # one scorer per model at a time (torch modules)
-            return np.asarray(model.score([history], [candidates])[0], dtype=np.float64)
-
-    def _retrieve(
-        self, name: str, history: list[str], domain: str, n: int
-    ) -> list[tuple[str, float]]:
-        model = self.retriever(name)
-        with self._retriever_locks[name]:
-            hits = retrieve(model, self.data, history, domain, n, seed=self.settings.seed)
-        return [(h.item_id, h.score) for h in hits]
-
-    def _order(self, scores: np.ndarray, history: Sequence[str]) -> list[int]:
-        """Best first, ties in a seeded order (the same for the same history)."""
-        rng = np.random.default_rng([self.settings.seed, len(history)])
-        return [int(i) for i in top_n(scores, len(scores), rng)]
-
-    async def _llm_rerank(
+    async def arecommendation(
         self,
         spec: PipelineSpec,
-        user_id: str,
-        history: list[str],
-        ranked: list[tuple[str, float]],
-        domain: str,
-        usage: Usage,
-        seconds: dict[str, float],
-    ) -> tuple[RerankResult | None, str | None, str | None]:
-        """(result, fallback kind, error) of the pipeline's LLM stage over ``ranked``' head."""
-        profile: str | None = None
-        if spec.use_profile:
-            started = time.perf_counter()
-            trees, stats = await self.profiles.atrees([history_user(history, user_id)])
-            seconds["profile"] = time.perf_counter() - started
-            usage.llm_calls += stats.llm_calls
-            usage.prompt_tokens += stats.prompt_tokens
-            usage.completion_tokens += stats.completion_tokens
-            if trees[0] is not None:
-                profile = profile_text(trees[0].profile)
-            elif stats.failed:
-                # The profiler met an LLM error: the reranker would only wait for it again.
-                return None, "llm_unavailable", "profiling failed: the LLM is unavailable"
-        if spec.reranker is None:
-            return None, None, None
-        head = ranked[: self.settings.rerank.top_n]
-        request = RerankRequest.from_ids(
-            self.data,
-            user_id,
-            history[-self.settings.rerank.history_items :]
-            if self.settings.rerank.history_items
-            else [],
-            [iid for iid, _ in head],
-            scores=[s for _, s in head],
-            profile=profile,
+        history: Sequence[str],
+        *,
+        user_id: str | None = None,
+        domain: str | None = None,
+        top_k: int = DEFAULT_TOP_K,
+        top_n: int | None = None,
+        candidates: Sequence[str] | None = None,
+        exclude: Collection[str] = (),
+    ) -> Recommendation:
+        """The one recommend path (``agent.pipeline.recommend.arecommend``) with this
+        service's retriever, reranker, profiles and settings (``rerank.*``, fusion included).
+        ``top_n`` (reranked) defaults to ``rerank.top_n`` with a reranker, else ``top_k``."""
+        rerank = self.settings.rerank
+        retriever = await asyncio.to_thread(self.retriever, spec.retriever)
+        if top_n is None:
+            top_n = rerank.top_n if spec.reranker else top_k
+        options = RecommendOptions(
+            user_id=user_id,
             domain=domain,
+            top_n=top_n,
+            top_k=top_k,
+            history_items=rerank.history_items,
+            seed=self.settings.seed,
+            fusion_weight=rerank.fusion_weight,
+            candidates=candidates,
+            exclude=frozenset(exclude),
         )
-        started = time.perf_counter()
-        result = await self.reranker(spec.reranker, spec.use_profile).arerank(request)
-        seconds["rerank"] = time.perf_counter() - started
-        usage.llm_calls += result.llm_calls
-        usage.prompt_tokens += result.prompt_tokens
-        usage.completion_tokens += result.completion_tokens
-        if not result.fallback:
-            return result, None, None
-        down = result.analysis.llm_errors > 0 or bool(_LLM_DOWN.search(result.error or ""))
-        return result, "llm_unavailable" if down else "unusable_answer", result.error
+        return await arecommend(
+            self.data,
+            retriever,
+            history,
+            reranker=self.reranker(spec.reranker, spec.use_profile) if spec.reranker else None,
+            profiles=self.profiles if spec.use_profile else None,
+            options=options,
+            lock=self._retriever_locks[spec.retriever],
+        )
+
+    def _check_fallback(self, rec: Recommendation, query: Query) -> str | None:
+        fallback = rec.fallback_kind()
+        if fallback == "llm_unavailable" and not query.allow_fallback:
+            raise Unavailable(f"the LLM is unavailable and allow_fallback is false: {rec.error}")
+        return fallback
 
     async def arecommend(self, query: Query) -> RecommendOutcome:
         """The top K of a domain for a user or a history (optionally among given candidates)."""
@@ -531,85 +546,72 @@ class RecBridgeService:
         if query.candidates is not None:
             self._check_size(query.candidates, serve.max_candidates, "candidates")
         self._check_size(query.exclude, serve.max_candidates, "exclude")
-        seconds: dict[str, float] = {}
-        started = time.perf_counter()
         user_id, history, resolved = await self._history(query)
         excluded: set[str] = set()
         if query.exclude:
             ids, more = await self.aresolve(query.exclude, "exclude")
             excluded, resolved = set(ids), resolved + more
-        n = max(top_k, self.settings.rerank.top_n if spec.reranker else top_k)
+        cands: list[str] | None = None
+        fallback_domain: str | None = None
         if query.candidates is not None:
             cands, more = await self.aresolve(query.candidates, "candidates")
             resolved += more
-            cands = list(dict.fromkeys(c for c in cands if c not in excluded))
-            domain = self._domain(
-                query, history, self.data.items[cands[0]].domain if cands else None
-            )
-            scores = await asyncio.to_thread(self._score, spec.retriever, history, cands)
             # Every given candidate stays in the answer; those the retriever does not know
             # (score UNKNOWN_ITEM_SCORE) come last, in a seeded order.
-            ranked = [(cands[i], float(scores[i])) for i in self._order(scores, history)]
-        else:
-            domain = self._domain(query, history, None)
-            found = await asyncio.to_thread(
-                self._retrieve, spec.retriever, history, domain, n + len(excluded)
-            )
-            ranked = [(iid, s) for iid, s in found if iid not in excluded][:n]
-        seconds["retrieve"] = time.perf_counter() - started
-        usage = Usage()
-        result, fallback, error = await self._llm_rerank(
-            spec, user_id, history, ranked, domain, usage, seconds
+            cands = list(dict.fromkeys(c for c in cands if c not in excluded))
+            fallback_domain = self.data.items[cands[0]].domain if cands else None
+        domain = self._domain(query, history, fallback_domain)
+        rec = await self.arecommendation(
+            spec,
+            history,
+            user_id=user_id,
+            domain=domain,
+            top_k=top_k,
+            candidates=cands,
+            exclude=excluded,
         )
-        if fallback == "llm_unavailable" and not query.allow_fallback:
-            raise Unavailable(f"the LLM is unavailable and allow_fallback is false: {error}")
-        rank_of = {iid: pos for pos, (iid, _) in enumerate(ranked, start=1)}
-        score_of = dict(ranked)
-        order = [iid for iid, _ in ranked]
-        reranked: set[str] = set()
-        if result is not None and not result.fallback:
-            reranked = set(result.ranking)
-            order = result.ranking + [iid for iid in order if iid not in reranked]
+        fallback = self._check_fallback(rec, query)
+        reranked = rec.reranked
+        n = len(rec.retrieved)
+        fusion = self.settings.rerank.fusion_weight
         items: list[RankedItem] = []
-        for pos, iid in enumerate(order[:top_k], start=1):
-            item = self.data.items[iid]
-            if score_of[iid] > UNKNOWN_ITEM_SCORE:
-                why = f"retrieved #{rank_of[iid]} by {spec.retriever} (score {score_of[iid]:.3f})"
+        for pos, listed in enumerate(rec.items, start=1):
+            iid, score = listed.item_id, listed.retrieval_score
+            if score > UNKNOWN_ITEM_SCORE:
+                why = f"retrieved #{listed.retrieval_rank} by {spec.retriever} (score {score:.3f})"
             else:
                 why = f"unknown to {spec.retriever}: ranked after the items it knows"
             if iid in reranked:
                 why += f"; placed #{pos} by the {spec.reranker} LLM reranker"
+                if fusion is not None:
+                    why += f" fused with the retriever's score (weight {fusion:g})"
             elif fallback is not None:
                 why += f"; kept in retrieval order ({fallback.replace('_', ' ')})"
             items.append(
                 RankedItem(
                     item_id=iid,
-                    title=item.title,
-                    domain=item.domain,
-                    score=float(len(order) - pos + 1) / len(order)
-                    if spec.reranker
-                    else score_of[iid],
-                    retrieval_rank=rank_of[iid],
-                    retrieval_score=score_of[iid],
-                    rerank_score=result.scores.get(iid)
-                    if result is not None and iid in reranked
-                    else None,
+                    title=listed.title,
+                    domain=listed.domain,
+                    score=float(n - pos + 1) / n if spec.reranker else score,
+                    retrieval_rank=listed.retrieval_rank,
+                    retrieval_score=score,
+                    rerank_score=listed.rerank_score if iid in reranked else None,
                     reason=why,
                 )
             )
         return RecommendOutcome(
-            user_id=user_id,
+            user_id=rec.user_id,
             pipeline=spec.name,
-            domain=domain,
-            history=history,
+            domain=rec.domain,
+            history=rec.history,
             items=items,
-            reason=result.reason if result is not None else None,
+            reason=rec.reason,
             fallback=fallback,
-            error=error,
-            profile_used=spec.use_profile and "profile" in seconds and fallback is None,
+            error=rec.error,
+            profile_used=spec.use_profile and rec.profile is not None and fallback is None,
             resolved=resolved,
-            usage=usage,
-            seconds=seconds,
+            usage=rec.usage,
+            seconds=rec.seconds,
         )
 
     async def arerank(
@@ -628,22 +630,14 @@ class RecBridgeService:
         user_id, history, _ = await self._history(query)
         ids, _ = await self.aresolve(documents, "documents")
         unique = list(dict.fromkeys(ids))
-        scores = await asyncio.to_thread(self._score, spec.retriever, history, unique)
-        ranked = [(unique[i], float(scores[i])) for i in self._order(scores, history)]
-        usage = Usage()
         domain = self._domain(query, history, self.data.items[unique[0]].domain)
-        result, fallback, error = await self._llm_rerank(
-            spec, user_id, history, ranked, domain, usage, {}
+        rec = await self.arecommendation(
+            spec, history, user_id=user_id, domain=domain, top_k=len(unique), candidates=unique
         )
-        if fallback == "llm_unavailable" and not query.allow_fallback:
-            raise Unavailable(f"the LLM is unavailable and allow_fallback is false: {error}")
-        order = [iid for iid, _ in ranked]
-        if result is not None and not result.fallback:
-            head = set(result.ranking)
-            order = result.ranking + [iid for iid in order if iid not in head]
-        score_of = dict(ranked)
-        n = len(order)
-        position = {iid: pos for pos, iid in enumerate(order)}
+        fallback = self._check_fallback(rec, query)
+        score_of = {x.item_id: x.retrieval_score for x in rec.retrieved}
+        n = len(rec.items)
+        position = {x.item_id: pos for pos, x in enumerate(rec.items)}
         relevance = {
             iid: (float(n - pos) / n if spec.reranker else score_of[iid])
             for iid, pos in position.items()
@@ -657,7 +651,11 @@ class RecBridgeService:
         )
         limit = top_n_docs if top_n_docs is not None else len(hits)
         return RerankOutcome(
-            pipeline=spec.name, results=hits[:limit], fallback=fallback, error=error, usage=usage
+            pipeline=spec.name,
+            results=hits[:limit],
+            fallback=fallback,
+            error=rec.error,
+            usage=rec.usage,
         )
 
     async def aprofile(self, query: Query) -> ProfileTree:

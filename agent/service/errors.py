@@ -8,11 +8,11 @@ from agent.data.schema import DataError
 from agent.items.embedder import EmbeddingError
 from agent.llm.backend import LLMError
 from agent.llm.model_files import ModelFilesError
+from agent.models.prepare import ModelNotReady
 from agent.models.registry import UnknownModelError
 from agent.pipeline.recommend import RecommendError
 from agent.prompts import PromptError
 from agent.store.chroma_store import StoreError
-from eval.modelprep import ModelNotReady
 
 
 class ServiceError(Exception):

@@ -6,6 +6,19 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
 
+from agent.pipeline.recommend import Usage
+
+__all__ = [
+    "ItemHit",
+    "Query",
+    "RankedItem",
+    "RecommendOutcome",
+    "RerankHit",
+    "RerankOutcome",
+    "Resolved",
+    "Usage",
+]
+
 
 @dataclass(frozen=True)
 class Query:
@@ -42,16 +55,6 @@ class RankedItem(BaseModel):
     retrieval_score: float
     rerank_score: float | None = None
     reason: str  # why it is here, in words
-
-
-class Usage(BaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    llm_calls: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
 
 
 class RecommendOutcome(BaseModel):

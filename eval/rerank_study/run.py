@@ -27,6 +27,7 @@ from agent.llm.adapters import adapter_fingerprint, discover_adapters
 from agent.llm.backend import LLMBackend
 from agent.llm.factory import make_backend
 from agent.models.base import Recommender
+from agent.models.prepare import prepare_model
 from agent.pipeline.profile_source import ProfileSource
 from agent.pipeline.rerank_cache import RerankCache
 from agent.pipeline.two_stage import TwoStageRecommender
@@ -35,7 +36,6 @@ from agent.rerank.fusion import choose_fusion_weight
 from agent.rerank.registry import make_reranker
 from eval.evaluator import EvalResult, RankingEvaluator
 from eval.metrics import per_user_metrics
-from eval.modelprep import prepare_model
 from eval.rerank_study.spec import RerankRow, RerankStudySpec, row_settings
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ from typing import Any
 from agent.config import Settings, load_settings
 from agent.data.schema import Dataset
 from agent.models.checkpoint import FIT_REPORT_FILE
+from agent.models.prepare import prepare_model
 from agent.models.registry import recommender_class
 from eval.evaluator import EvalResult, RankingEvaluator
-from eval.modelprep import prepare_model
 from eval.study.spec import StudyRow, StudySpec, checkpoint_dir, has_run, row_settings, transfers
 from eval.transfer import Transfer, apply_transfer, transfer_settings
 

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent.config import ConfigError, Settings, load_settings
 from agent.models.checkpoint import FIT_REPORT_FILE
+from agent.models.prepare import is_checkpoint
 from agent.models.registry import UnknownModelError, recommender_class
-from eval.modelprep import is_checkpoint
 from eval.transfer import HistoryFrom, Transfer, TransferError
 
 M = TypeVar("M", bound=BaseModel)

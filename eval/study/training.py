@@ -1,6 +1,6 @@
 """Training runs of a study: processes running the library's ``train_checkpoint``
-(``python -m eval.modelprep train``, the same function ``recbridge train`` uses), a few at a
-time, each with its own log."""
+(``python -m eval.modelprep train``, through the same ``eval.transfer.train_under_protocol`` that
+``recbridge train`` uses), a few at a time, each with its own log."""
 
 from __future__ import annotations
 

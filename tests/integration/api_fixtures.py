@@ -4,7 +4,8 @@ loopback ports, started once per test run, over the data slice.
 - ``api_server``: the local LLM (SmolLM2 in-process), bearer keys required, small limits.
 - ``fault_llm`` + ``fault_api_server``: the openai backend pointed at the loopback fault server
   (tests/llm_fault_server.py), which answers fast, slowly, with 500s, or dies mid-request;
-  no keys. Its tests own it (they kill the LLM and finally stop the API server).
+  no keys; score fusion on, with all weight on the retriever (``rerank.fusion_weight=1``).
+  Its tests own it (they kill the LLM and finally stop the API server).
 
 Pulled into tests/integration/conftest.py by a star import.
 """
@@ -233,6 +234,9 @@ def fault_api_server(
         "serve.max_concurrency": 2,
         "serve.graceful_timeout_s": 20,
         "rerank.constrained": False,
+        # The LLM's order fused with the retriever's, all weight on the retriever: a scripted
+        # answer must not change the order (test_api_faults checks the fusion is applied).
+        "rerank.fusion_weight": 1.0,
     }
     args = [arg for name in FAULT_SERVED for arg in ("--pipeline", name)]
     args += ["--backend", "openai", "--url", fault_llm.server.url]

@@ -1,7 +1,8 @@
 """The API when its LLM fails: 500s and an LLM server killed mid-request give the
-retriever's answer flagged ``"fallback"`` (503 when the request forbids it); the
-concurrency limit (429), a schemathesis run over ``/openapi.json`` with no server error, and a
-graceful shutdown that finishes the request in flight.
+retriever's answer flagged ``"fallback"`` (503 when the request forbids it); score fusion on
+the LLM's answer (``rerank.fusion_weight``); the concurrency limit (429), a schemathesis run
+over ``/openapi.json`` with no server error, and a graceful shutdown that finishes the request
+in flight.
 
 The server here is the real ``recbridge serve`` on the openai backend; its "LLM server" is the
 loopback fault server (tests/llm_fault_server.py), scripted per test. The tests run in file
@@ -10,6 +11,7 @@ order: the last ones kill the LLM server and then stop the API server.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -67,6 +69,40 @@ def test_llm_errors_fall_back_to_the_retrievers_answer(
         f'recbridge_fallbacks_total{{kind="llm_unavailable",pipeline="{LLM_PIPELINE}"}} 2.0'
         in metrics
     )
+
+
+def test_fusion_weight_one_keeps_the_retrievers_order(
+    fault_api_server: ApiServer, fault_llm: FaultLLM
+) -> None:
+    """The LLM answers the retriever's head reversed; with rerank.fusion_weight=1.0 (this
+    server's) the fused order is the retriever's, in /v1/recommendations and /v1/rerank."""
+    retriever_only = _ids(_recommend(fault_api_server, model="popularity"))
+    assert len(retriever_only) == 5  # = rerank.top_n: the whole answer is the reranked head
+    fault_llm.server.script.append(Step(reply=json.dumps({"ranking": retriever_only[::-1]})))
+    resp = _recommend(fault_api_server)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["fallback"] is None and body["usage"]["llm_calls"] >= 1
+    assert _ids(resp) == retriever_only  # unfused, it would be reversed
+    assert all(it["rerank_score"] is not None for it in body["items"])
+    fused = "fused with the retriever's score (weight 1)"
+    assert all(fused in it["reason"] for it in body["items"])
+
+    docs = retriever_only[::-1]
+
+    def rerank(model: str) -> list[str]:
+        resp = httpx.post(
+            f"{fault_api_server.url}/v1/rerank",
+            json={"model": model, "query": "t1", "documents": docs},
+            timeout=120,
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["fallback"] is None
+        return [docs[r["index"]] for r in resp.json()["results"]]
+
+    by_retriever = rerank("popularity")
+    fault_llm.server.script.append(Step(reply=json.dumps({"ranking": by_retriever[::-1]})))
+    assert rerank(LLM_PIPELINE) == by_retriever
 
 
 def test_concurrency_limit_answers_429_with_retry_after(

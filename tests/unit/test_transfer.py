@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from agent.cli.main import app
 from agent.config import Settings, load_settings
 from agent.data.schema import Dataset, Item, Split, UserSequence
+from agent.models.prepare import default_checkpoint
 from eval.candidates import (
     NEGATIVES,
     CandidatesError,
@@ -22,7 +23,6 @@ from eval.candidates import (
     get_candidates,
     sample_candidates,
 )
-from eval.modelprep import default_checkpoint
 from eval.transfer import (
     Transfer,
     TransferError,
