@@ -35,7 +35,7 @@ from agent.api.schemas import (
     SearchResponse,
 )
 from agent.llm.backend import LLMError
-from agent.profiles.models import ProfileTree
+from agent.profiles.schema import ProfileTree
 from agent.service import SERVICE_ERRORS, RecBridgeService, ServiceError
 from agent.service.messages import split_list
 from agent.service.queries import Query as ServiceQuery

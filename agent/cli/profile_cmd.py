@@ -20,8 +20,8 @@ from agent.logging_setup import stderr_console
 
 if TYPE_CHECKING:
     from agent.data.schema import Split
-    from agent.profiles.models import CallInfo, Profile, ProfileTree
     from agent.profiles.profiler import ProfileRunStats, UserResult
+    from agent.profiles.schema import CallInfo, Profile, ProfileTree
 
 log = logging.getLogger("recbridge")
 

@@ -264,7 +264,7 @@ def cached_profile_vectors(
     path = Path(settings.profile_cache_dir) / "profiles.sqlite"
     if not path.is_file() or not users:
         return np.zeros((0, 1), dtype=np.float32), found
-    from agent.profiles.models import ProfileTree
+    from agent.profiles.schema import ProfileTree
 
     position = {u: i for i, u in enumerate(users)}
     lengths = {u.user_id: len(u.history) for u in data.iter_split("train")}

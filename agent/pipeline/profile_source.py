@@ -18,8 +18,8 @@ from agent.config import Settings
 from agent.data.schema import Dataset, UserSequence
 from agent.llm.backend import LLMBackend
 from agent.profiles.cache import ProfileCache
-from agent.profiles.models import ProfileTree
 from agent.profiles.profiler import HierarchicalProfiler, ProfileRunStats
+from agent.profiles.schema import ProfileTree
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from agent.data.schema import Dataset
 from agent.models.base import Recommender
 from agent.pipeline.profile_source import ProfileSource, history_user
 from agent.pipeline.retrieve import Retrieved, retrieve, top_n
-from agent.profiles.models import ProfileTree
+from agent.profiles.schema import ProfileTree
 from agent.rerank.base import Reranker, RerankRequest, RerankResult, profile_text
 from agent.rerank.fusion import fuse
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.profiles.models import ProfileTree
+from agent.profiles.schema import ProfileTree
 from agent.sqlite_store import SQLiteStore
 
 

@@ -30,7 +30,8 @@ from agent.llm.backend import LLMBackend, LLMError
 from agent.llm.types import ChatMessage, GenerationRequest, GenerationResult
 from agent.profiles.cache import ProfileCache, profile_cache_key
 from agent.profiles.grouping import Group, group_history, item_clusters
-from agent.profiles.models import (
+from agent.profiles.parsing import ParseError, parse_profile
+from agent.profiles.schema import (
     CallInfo,
     DomainProfile,
     GroupSummary,
@@ -38,7 +39,6 @@ from agent.profiles.models import (
     ProfileTree,
     profile_json_schema,
 )
-from agent.profiles.parsing import ParseError, parse_profile
 from agent.prompts import PromptTemplate, load_template
 
 log = logging.getLogger(__name__)

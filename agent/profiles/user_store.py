@@ -12,7 +12,7 @@ from chromadb.api.types import Metadata
 
 from agent.config import Settings
 from agent.items.embedder import Embedder
-from agent.profiles.models import Profile, ProfileTree
+from agent.profiles.schema import Profile, ProfileTree
 from agent.store.chroma_store import collection_name
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.data.schema import Dataset
 from agent.items.text import cut
 from agent.llm.backend import LLMBackend
-from agent.profiles.models import Profile
+from agent.profiles.schema import Profile
 from agent.rerank.analysis import AnswerAnalysis
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ from agent.pipeline.profile_source import ProfileSource, history_user
 from agent.pipeline.recommend import Recommendation, RecommendOptions, arecommend
 from agent.pipeline.two_stage import TwoStageRecommender
 from agent.profiles.cache import ProfileCache
-from agent.profiles.models import ProfileTree
+from agent.profiles.schema import ProfileTree
 from agent.rerank.base import Reranker
 from agent.rerank.registry import make_reranker
 from agent.service.errors import BadRequest, NotFound, TooLarge, Unavailable

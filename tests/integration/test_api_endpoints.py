@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from agent.data.schema import Dataset
-from agent.profiles.models import ProfileTree
+from agent.profiles.schema import ProfileTree
 from tests.integration.api_fixtures import ApiServer
 
 pytestmark = pytest.mark.integration

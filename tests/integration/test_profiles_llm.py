@@ -27,8 +27,8 @@ from agent.llm.local_backend import LocalBackend
 from agent.llm.openai_backend import OpenAIBackend
 from agent.llm.types import GenerationRequest, GenerationResult
 from agent.profiles.cache import ProfileCache
-from agent.profiles.models import Profile, ProfileTree
 from agent.profiles.profiler import HierarchicalProfiler, UserResult
+from agent.profiles.schema import Profile, ProfileTree
 from agent.profiles.user_store import UserStore
 from agent.store.chroma_store import make_client
 from tests.integration.llm_fixtures import BASE

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from agent.profiles.models import Profile, profile_json_schema
 from agent.profiles.parsing import ParseError, extract_json, parse_profile
+from agent.profiles.schema import Profile, profile_json_schema
 
 HISTORY = {"B001", "B002", "B003"}
 GOOD = {

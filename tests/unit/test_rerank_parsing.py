@@ -526,7 +526,7 @@ def test_settings_and_registry_build_each_reranker() -> None:
 
 def test_request_from_dataset_ids_and_profile_text() -> None:
     from agent.data.schema import Dataset, Item
-    from agent.profiles.models import Profile
+    from agent.profiles.schema import Profile
     from agent.rerank.base import profile_text
 
     items = {i: Item(item_id=i, domain="food", title=t) for i, t in TITLES.items()}
