@@ -67,8 +67,11 @@ bench: install
 	$(BIN)/python -m benchmarks.bench_foundation --data $(DATA) --out runs/bench/foundation.json
 
 # Seconds per epoch and peak RSS of each trained model, each in its own process (EPOCHS=1).
+# Before/after the trainer's speed work, interleaved on one machine (see the module docstring):
+#   make bench-methods OUT=runs/bench/speed.json BENCH_ARGS="--revisions before=f94e523,after=worktree
+#     --repeats 3 --max-batches 100 --models sasrec-id,sasrec-id-sampled-softmax,sasrec-text,gru4rec"
 bench-methods: install
-	$(BIN)/python -m benchmarks.bench_methods --data $(DATA) --epochs $(or $(EPOCHS),1) --out runs/bench/methods.json
+	$(BIN)/python -m benchmarks.bench_methods --data $(DATA) --epochs $(or $(EPOCHS),1) --out $(or $(OUT),runs/bench/methods.json) $(BENCH_ARGS)
 
 # Load benchmark of `recbridge serve` (/v1/rerank, concurrency 1/8/32, retriever alone and with
 # the LLM) against the same pipeline in-process; needs the sasrec-id checkpoint (`make run`).

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from agent.models.dropout import Dropout
 from agent.models.neural import ItemEncoder, SequenceNet
 
 
@@ -32,7 +33,7 @@ class GRU4Rec(SequenceNet):
         self.items = items
         self.hidden = items.dim
         self.max_len = max_len
-        self.input_dropout = nn.Dropout(dropout)
+        self.input_dropout = Dropout(dropout)
         self.gru = nn.GRU(
             self.hidden,
             self.hidden,

@@ -31,6 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from agent.models.dropout import Dropout
+from agent.models.dropout import dropout as fast_dropout
+
 # re-exported: the encoders and padding helpers lived here before agent/models/neural.py
 from agent.models.neural import (
     MODEL_FILE,
@@ -69,20 +72,33 @@ class CausalSelfAttention(nn.Module):
         self.dropout = dropout
 
     def forward(self, query: Tensor, keys: Tensor, allowed: Tensor) -> Tensor:
+        """``allowed`` (B, 1, N, N): bool, or the same mask as an additive float one
+        (``attention_bias``, which ``SASRec`` builds once for all blocks in training)."""
         b, n, h = query.shape
 
         def split(x: Tensor) -> Tensor:  # (B, N, H) -> (B, heads, N, H / heads)
             return x.view(b, n, self.heads, h // self.heads).transpose(1, 2)
 
-        attended = F.scaled_dot_product_attention(
-            split(self.q(query)),
-            split(self.k(keys)),
-            split(self.v(keys)),
-            attn_mask=allowed,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        q, k, v = split(self.q(query)), split(self.k(keys)), split(self.v(keys))
+        if self.training and self.dropout > 0.0:
+            # what scaled_dot_product_attention computes (its math path, the one it takes on
+            # CPU with dropout), with the cheaper dropout mask of agent/models/dropout.py
+            bias = allowed if allowed.dtype != torch.bool else attention_bias(allowed, q.dtype)
+            scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-2, -1))
+            weights = fast_dropout(torch.softmax(scores + bias, dim=-1), self.dropout)
+            attended = torch.matmul(weights, v)
+        else:
+            mask = allowed if allowed.dtype == torch.bool else allowed == 0
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out: Tensor = self.out(attended.transpose(1, 2).reshape(b, n, h))
         return out
+
+
+def attention_bias(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """The bool mask ``allowed`` as an additive one: 0 where allowed, -inf elsewhere."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
+        ~allowed, float("-inf")
+    )
 
 
 class PointWiseFeedForward(nn.Module):
@@ -90,7 +106,7 @@ class PointWiseFeedForward(nn.Module):
         super().__init__()
         self.w1 = nn.Linear(hidden, hidden)
         self.w2 = nn.Linear(hidden, hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         out: Tensor = x + self.dropout(self.w2(self.dropout(F.relu(self.w1(x)))))
@@ -102,7 +118,7 @@ class SASRecBlock(nn.Module):
         super().__init__()
         self.attn_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.attn = CausalSelfAttention(hidden, heads, dropout)
-        self.attn_dropout = nn.Dropout(dropout)
+        self.attn_dropout = Dropout(dropout)
         self.ffn_norm = nn.LayerNorm(hidden, eps=1e-8)
         self.ffn = PointWiseFeedForward(hidden, dropout)
 
@@ -130,7 +146,7 @@ class SASRec(SequenceNet):
         self.hidden = items.dim
         self.max_len = max_len
         self.positions = nn.Embedding(max_len, self.hidden)
-        self.input_dropout = nn.Dropout(dropout)
+        self.input_dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(
             [SASRecBlock(self.hidden, heads, dropout) for _ in range(layers)]
         )
@@ -164,6 +180,8 @@ class SASRec(SequenceNet):
         x = item_vectors * math.sqrt(self.hidden) + self.positions(pos)
         x = self.input_dropout(x) * keep
         allowed = self.attention_mask(ids)
+        if self.training:  # the additive form, built once for every block
+            allowed = attention_bias(allowed, x.dtype)
         for block in self.blocks:
             x = block(x, allowed, keep)
         out: Tensor = self.final_norm(x) * keep

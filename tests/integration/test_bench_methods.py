@@ -62,3 +62,27 @@ def test_one_epoch_of_sasrec_id_in_a_subprocess(slice_dir: Path, tmp_path: Path)
         "llm-recg-gru4rec",
         "semacdr",
     }
+
+
+def test_revisions_run_interleaved_on_bounded_epochs(slice_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench" / "speed.json"
+    args = [
+        "--data", str(slice_dir), "--models", "sasrec-id", "--out", str(out),
+        "--revisions", "base=HEAD,now=worktree", "--max-batches", "3",
+        "--set", f"work_dir={tmp_path / 'work'}", "--set", "train.hidden=16",
+        "--set", "train.max_len=10", "--set", "train.batch_size=32",
+    ]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(out.read_text(encoding="utf-8"))
+    rows = payload["results"]
+    assert [(r["revision"], r["status"]) for r in rows] == [("base", "ok"), ("now", "ok")]
+    assert len(rows[0]["commit"]) == 40 and rows[1]["commit"] == "worktree"
+    for row in rows:  # 5 warm-up batches, then 3 timed, scaled to the 19-batch epoch
+        (epoch,) = row["batch_passes"]
+        assert (epoch["warmup_batches"], epoch["batches"], epoch["of"]) == (5, 3, 19)
+        assert row["cpu_s_per_epoch"] > 0 and row["s_per_epoch"] > 0
+    (summary,) = payload["summary"]
+    assert summary["base"]["ok"] == summary["now"]["ok"] == 1
+    table = out.with_suffix(".md").read_text(encoding="utf-8")
+    assert "CPU speed-up now vs base" in table and "| sasrec-id |" in table
