@@ -96,7 +96,9 @@ def evaluate_study(
                 )
                 owner = row.checkpoint_of or row.name
                 row_seeds: list[int | None] = (
-                    list(seeds or spec.seeds) if recommender_class(row.model).trainable else [None]
+                    list(spec.seeds_of(row, seeds))
+                    if recommender_class(row.model).trainable
+                    else [None]
                 )
                 for seed in row_seeds:
                     cell = _evaluate_one(

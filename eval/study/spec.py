@@ -33,6 +33,8 @@ class StudyRow(BaseModel):
     score_set: list[str] = Field(default_factory=list)  # settings applied when scoring only
     checkpoint_of: str | None = None  # score that row's checkpoints instead of training
     vs: str | None = None  # reference row: paired per-seed difference in the table
+    # a subset of the study's seeds, for rows too costly to train with all (the table's n says it)
+    seeds: list[int] | None = None
     note: str = ""
 
     @model_validator(mode="after")
@@ -82,6 +84,10 @@ class StudySpec(BaseModel):
                         f"row {row.name!r}: checkpoint_of {owner.name!r} needs the same model "
                         "and no training settings of its own (use score_set)"
                     )
+            if row.seeds is not None and (not row.seeds or set(row.seeds) - set(self.seeds)):
+                raise ValueError(
+                    f"row {row.name!r}: seeds {row.seeds} must be some of the study's {self.seeds}"
+                )
             seen[row.name] = row
         for protocol in self.protocols:
             transfers(protocol, self.history_from)  # raises on a bad protocol
@@ -89,6 +95,12 @@ class StudySpec(BaseModel):
 
     def row(self, name: str) -> StudyRow:
         return next(r for r in self.rows if r.name == name)
+
+    def seeds_of(self, row: StudyRow, seeds: Sequence[int] | None = None) -> list[int]:
+        """The seeds ``row`` runs with: ``seeds`` (default the study's), cut to the row's own
+        (those of ``checkpoint_of``'s row when it scores another row's runs)."""
+        own = self.row(row.checkpoint_of).seeds if row.checkpoint_of else row.seeds
+        return [s for s in (seeds or self.seeds) if own is None or s in own]
 
 
 def transfers(protocol: str, history_from: Sequence[str]) -> list[Transfer]:

@@ -52,6 +52,8 @@ def plan_training(
         for protocol in spec.protocols:
             transfer = transfers(protocol, ["target"])[0]  # training ignores history_from
             for row in models:
+                if seed not in spec.seeds_of(row, seeds):
+                    continue
                 out = checkpoint_dir(root, transfer, row.name, seed)
                 if has_run(out):
                     continue

@@ -66,10 +66,26 @@ def test_a_good_study_plans_one_job_per_trained_row_seed_and_protocol(tmp_path: 
     assert "zeroshot-food-kitchen" in str(zero[0].out)
 
 
+def test_a_costly_row_runs_only_its_own_seeds(tmp_path: Path) -> None:
+    body = GOOD.replace('vs = "pop"', 'vs = "pop"\nseeds = [2]').replace(
+        'model = "llm-recg"\n[[rows]]', 'model = "llm-recg"\nseeds = [1]\n[[rows]]'
+    )
+    spec = load_study(_write(tmp_path, body))
+    jobs = plan_training(spec, tmp_path / "root")
+    assert {(j.row, j.seed) for j in jobs} == {("id", 2), ("recg", 1)}
+    # a row scoring another row's checkpoints follows that row's seeds
+    assert spec.seeds_of(spec.row("recg-noSeq")) == [1]
+    assert spec.seeds_of(spec.row("id"), [1]) == []
+
+
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
         ("name = 's'\nrows = []", "at least one row"),
+        (
+            "name = 's'\nseeds = [1]\n[[rows]]\nname = 'a'\nmodel = 'sasrec-id'\nseeds = [3]",
+            "seeds",
+        ),
         ("name = 's'\n[[rows]]\nname = 'a'\nmodel = 'nope'", "rows.0"),
         ("name = 's'\n[[rows]]\nname = 'a b'\nmodel = 'popularity'", "letters, digits"),
         (
