@@ -562,7 +562,11 @@ def main(
         "total_seconds": time.perf_counter() - started,
         "settings": settings.model_dump(mode="json"),
     }
-    bounded = f", the first {max_batches} batches of each" if max_batches else ""
+    bounded = (
+        f", {max_batches} timed batches of each after {WARMUP_BATCHES} untimed ones"
+        if max_batches
+        else ""
+    )
     header = (
         f"Training cost on `{settings.data.path}`, {epochs} epoch(s) per model{bounded}, each "
         f"model in its own process (peak RSS = VmHWM of that process), train.threads "
