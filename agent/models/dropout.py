@@ -11,10 +11,33 @@ stream differs from ``nn.Dropout``'s, so a seeded run draws other masks than bef
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 _SPAN = 1 << 32
+# Off unless a fit runs under ``fast_kernels(True)`` (``train.fast_kernels``): seeded runs then
+# draw other masks, so a figure measured before stays reproducible by default.
+_FAST = False
+
+
+def fast_kernels_enabled() -> bool:
+    return _FAST
+
+
+@contextlib.contextmanager
+def fast_kernels(enabled: bool) -> Iterator[None]:
+    """Within: this module's dropout mask and the fused text-adapter kernel when ``enabled``,
+    torch's own otherwise."""
+    global _FAST
+    before, _FAST = _FAST, enabled
+    try:
+        yield
+    finally:
+        _FAST = before
 
 
 def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, like: Tensor) -> Tensor:
@@ -36,6 +59,8 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     """``F.dropout(x, p, training)`` with ``dropout_mask``'s cheaper mask."""
     if not training or p == 0.0:
         return x
+    if not _FAST:
+        return F.dropout(x, p, training)
     if p >= 1.0:
         return x * 0.0
     return x * dropout_mask(x.shape, p, x)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agent.models.dropout import Dropout
+from agent.models.dropout import Dropout, fast_kernels_enabled
 from agent.models.dropout import dropout as fast_dropout
 
 # re-exported: the encoders and padding helpers lived here before agent/models/neural.py
@@ -80,7 +80,7 @@ class CausalSelfAttention(nn.Module):
             return x.view(b, n, self.heads, h // self.heads).transpose(1, 2)
 
         q, k, v = split(self.q(query)), split(self.k(keys)), split(self.v(keys))
-        if self.training and self.dropout > 0.0:
+        if self.training and self.dropout > 0.0 and fast_kernels_enabled():
             # what scaled_dot_product_attention computes (its math path, the one it takes on
             # CPU with dropout), with the cheaper dropout mask of agent/models/dropout.py
             bias = allowed if allowed.dtype != torch.bool else attention_bias(allowed, q.dtype)
@@ -89,7 +89,9 @@ class CausalSelfAttention(nn.Module):
             attended = torch.matmul(weights, v)
         else:
             mask = allowed if allowed.dtype == torch.bool else allowed == 0
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            attended = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
         out: Tensor = self.out(attended.transpose(1, 2).reshape(b, n, h))
         return out
 

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from agent.config import Settings
 from agent.data.schema import Dataset
 from agent.models.checkpoint import CheckpointError
+from agent.models.dropout import fast_kernels_enabled
 from agent.models.neural import ItemEncoder
 from agent.models.sequential import SASRecRecommender
 
@@ -93,7 +94,7 @@ class TextItemEncoder(ItemEncoder):
         """``self.adapter(features)``; in training, an adapter that opens with LayerNorm ->
         Linear runs those two as ``layer_norm_linear`` (the same map, a third fewer matmuls)."""
         layers = list(self.adapter)
-        if torch.is_grad_enabled() and len(layers) >= 2:
+        if fast_kernels_enabled() and torch.is_grad_enabled() and len(layers) >= 2:
             norm, linear = layers[0], layers[1]
             if (
                 isinstance(norm, nn.LayerNorm)

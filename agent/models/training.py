@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from agent.data.schema import Dataset
 from agent.models.base import FitReport, ValidFn
+from agent.models.dropout import fast_kernels
 from agent.models.method_settings import RankingLossName
 from agent.models.neural import NeuralRecommender, ScoringNet, SequenceNet, left_pad
 from agent.models.ranking import RankingLoss, bce_loss, bf16_matmul_pays, item_counts
@@ -262,6 +263,18 @@ def fit_sequence_model(
 
 
 def fit_loop(
+    rec: NeuralRecommender[Any],
+    inputs: np.ndarray,
+    targets: np.ndarray,
+    step: StepFn,
+    **kwargs: Any,
+) -> FitReport:
+    """``_fit_loop`` (below) with ``train.fast_kernels`` applied for its duration."""
+    with fast_kernels(rec.settings.train.fast_kernels):
+        return _fit_loop(rec, inputs, targets, step, **kwargs)
+
+
+def _fit_loop(
     rec: NeuralRecommender[Any],
     inputs: np.ndarray,
     targets: np.ndarray,
