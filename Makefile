@@ -91,6 +91,13 @@ finetune: install llm-prepare
 	$(BIN)/recbridge $(FINETUNE_SET) finetune train --recipe hard --steps $(FINETUNE_STEPS)
 	$(BIN)/recbridge finetune export verbalizer-random --which last
 	$(BIN)/recbridge finetune export verbalizer-hard --which last
+	$(BIN)/recbridge $(HARD_SAMPLED_SET) finetune data --recipe hard-sampled --examples 4000
+	$(BIN)/recbridge $(HARD_SAMPLED_SET) --set finetune.first_layer=20 --set finetune.eval_every=30 \
+		finetune train --kind listwise --recipe hard-sampled --steps $(FINETUNE_STEPS)
+
+# The hard-sampled adapters: the retriever's order kept (as at inference), a lower lr.
+HARD_SAMPLED_SET ?= --set llm.threads=1 --set finetune.threads=1 \
+	--set finetune.shuffle_candidates=false --set finetune.lr=0.0005
 
 # The issue-10 table: retriever alone vs base and LoRA verbalizers (eval/studies/rerank.toml).
 finetune-eval: install
