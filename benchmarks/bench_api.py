@@ -6,9 +6,10 @@ concurrency). Writes JSON (``--out``).
 
     python -m benchmarks.bench_api --data ../shared/data/food-kitchen --out runs/bench/api.json
 
-The in-process phase runs first and is released before the server starts, so the two never
-share the CPU. Client and server share this machine's cores (loopback), as in production
-behind a local proxy.
+Both sides stay up and take turns: each level runs in ``--rounds`` blocks, in-process then
+server (the order alternating), so a shared machine's changing load hits both alike and the
+two never run at once. Client and server share this machine's cores (loopback), as in
+production behind a local proxy.
 """
 
 from __future__ import annotations
@@ -59,12 +60,13 @@ class Level:
     fallbacks: int = 0
     wall_s: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    server_ms: list[float] = field(default_factory=list)  # the server's own share (header)
     error_examples: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         out = asdict(self)
-        del out["latencies_ms"]
+        del out["latencies_ms"], out["server_ms"]
         out.update(
             p50_ms=float(np.percentile(lat, 50)),
             p95_ms=float(np.percentile(lat, 95)),
@@ -72,7 +74,20 @@ class Level:
             mean_ms=float(lat.mean()),
             req_per_s=(self.requests - self.errors) / self.wall_s if self.wall_s else 0.0,
         )
+        if self.server_ms:
+            out.update(
+                server_side_p50_ms=float(np.percentile(self.server_ms, 50)),
+                server_side_p95_ms=float(np.percentile(self.server_ms, 95)),
+            )
         return out
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    fallback: bool = False
+    error: str = ""
+    server_ms: float | None = None  # the server's time (its Server-Timing header)
 
 
 def workload(data: Dataset, n: int, candidates: int, seed: int) -> list[Job]:
@@ -98,36 +113,40 @@ def workload(data: Dataset, n: int, candidates: int, seed: int) -> list[Job]:
     return jobs
 
 
-async def drive(
-    level: Level,
-    call: Callable[[Job], Awaitable[tuple[bool, bool, str]]],
-    jobs: list[Job],
-    max_requests: int,
-    time_limit_s: float,
-) -> Level:
-    """``max_requests`` calls, ``level.concurrency`` at a time, none started after the limit."""
-    next_job = 0
+Call = Callable[[Job], Awaitable[Outcome]]
+
+
+async def drive(level: Level, call: Call, jobs: list[Job], n: int, time_limit_s: float) -> Level:
+    """``n`` more calls, ``level.concurrency`` at a time, none started after the limit; the
+    level's counts and wall time accumulate over its blocks."""
+    done = 0
     started = time.perf_counter()
 
     async def worker() -> None:
-        nonlocal next_job
-        while next_job < max_requests and time.perf_counter() - started < time_limit_s:
-            job = jobs[next_job % len(jobs)]
-            next_job += 1
+        nonlocal done
+        while done < n and time.perf_counter() - started < time_limit_s:
+            job = jobs[level.requests % len(jobs)]
+            done += 1
+            level.requests += 1
             t0 = time.perf_counter()
             try:
-                ok, fallback, error = await call(job)
+                out = await call(job)
             except Exception as exc:  # a benchmark counts failures, it does not stop on them
-                ok, fallback, error = False, False, f"{type(exc).__name__}: {exc}"
+                out = Outcome(False, error=f"{type(exc).__name__}: {exc}")
             level.latencies_ms.append((time.perf_counter() - t0) * 1000)
-            level.requests += 1
-            level.errors += not ok
-            level.fallbacks += fallback
-            if error and len(level.error_examples) < 3:
-                level.error_examples.append(error[:200])
+            if out.server_ms is not None:
+                level.server_ms.append(out.server_ms)
+            level.errors += not out.ok
+            level.fallbacks += out.fallback
+            if out.error and len(level.error_examples) < 3:
+                level.error_examples.append(out.error[:200])
 
     await asyncio.gather(*(worker() for _ in range(level.concurrency)))
-    level.wall_s = time.perf_counter() - started
+    level.wall_s += time.perf_counter() - started
+    return level
+
+
+def _log_level(level: Level) -> None:
     log.info(
         "%s %s c=%d: %d requests, %d errors, %d fallbacks, p50 %.1f ms, %.2f req/s",
         level.mode,
@@ -139,7 +158,6 @@ async def drive(
         float(np.percentile(level.latencies_ms, 50)) if level.latencies_ms else 0.0,
         level.summary()["req_per_s"],
     )
-    return level
 
 
 @dataclass(frozen=True)
@@ -148,42 +166,57 @@ class Plan:
     concurrency: list[int]
     requests: dict[str, list[int]]  # pipeline -> most requests, per concurrency level
     time_limit_s: float
+    rounds: int = 1  # blocks per level and side, taking turns
 
 
-async def in_process(service: RecBridgeService, plan: Plan, jobs: list[Job]) -> list[Level]:
-    levels: list[Level] = []
-    for pipeline in plan.pipelines:
+def local_call(service: RecBridgeService, pipeline: str) -> Call:
+    async def call(job: Job) -> Outcome:
+        out = await service.arerank(Query(user=job.user, pipeline=pipeline), job.documents)
+        return Outcome(True, out.fallback is not None, out.error or "")
 
-        async def call(job: Job, pipeline: str = pipeline) -> tuple[bool, bool, str]:
-            out = await service.arerank(Query(user=job.user, pipeline=pipeline), job.documents)
-            return True, out.fallback is not None, out.error or ""
-
-        await call(jobs[0])  # warm-up (first LLM batch, lazy imports)
-        for conc, most in zip(plan.concurrency, plan.requests[pipeline], strict=True):
-            level = Level("in-process", pipeline, conc)
-            levels.append(await drive(level, call, jobs, most, plan.time_limit_s))
-    await service.aclose()
-    return levels
+    return call
 
 
-async def over_http(url: str, plan: Plan, jobs: list[Job]) -> list[Level]:
+def http_call(client: httpx.AsyncClient, pipeline: str) -> Call:
+    async def call(job: Job) -> Outcome:
+        body = {"model": pipeline, "query": job.user, "documents": job.documents}
+        resp = await client.post("/v1/rerank", json=body)
+        if resp.status_code != 200:
+            return Outcome(False, error=f"HTTP {resp.status_code}: {resp.text[:150]}")
+        out = resp.json()
+        timing = resp.headers.get("server-timing", "")  # "app;dur=12.3"
+        server_ms = float(timing.split("dur=")[1]) if "dur=" in timing else None
+        return Outcome(True, out["fallback"] is not None, out.get("error") or "", server_ms)
+
+    return call
+
+
+async def run_plan(service: RecBridgeService, url: str, plan: Plan, jobs: list[Job]) -> list[Level]:
+    """Every (pipeline, concurrency) level on both sides, in ``plan.rounds`` alternating blocks
+    of at most ``requests / rounds`` requests and ``time_limit_s / rounds`` seconds each."""
     levels: list[Level] = []
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         for pipeline in plan.pipelines:
-
-            async def call(job: Job, pipeline: str = pipeline) -> tuple[bool, bool, str]:
-                body = {"model": pipeline, "query": job.user, "documents": job.documents}
-                resp = await client.post("/v1/rerank", json=body)
-                if resp.status_code != 200:
-                    return False, False, f"HTTP {resp.status_code}: {resp.text[:150]}"
-                out = resp.json()
-                return True, out["fallback"] is not None, out.get("error") or ""
-
-            await call(jobs[0])
+            calls = {
+                "in-process": local_call(service, pipeline),
+                "server": http_call(client, pipeline),
+            }
+            for call in calls.values():
+                await call(jobs[0])  # warm-up (first LLM batch, lazy imports, connections)
             for conc, most in zip(plan.concurrency, plan.requests[pipeline], strict=True):
-                level = Level("server", pipeline, conc)
-                levels.append(await drive(level, call, jobs, most, plan.time_limit_s))
+                pair = {mode: Level(mode, pipeline, conc) for mode in calls}
+                block = -(-most // plan.rounds)
+                for r in range(plan.rounds):
+                    order = list(calls) if r % 2 == 0 else list(calls)[::-1]
+                    for mode in order:
+                        n = min(block, most - pair[mode].requests)
+                        seconds = plan.time_limit_s / plan.rounds
+                        await drive(pair[mode], calls[mode], jobs, n, seconds)
+                for level in pair.values():
+                    _log_level(level)
+                levels += pair.values()
+    await service.aclose()  # in the loop its LLM client belongs to
     return levels
 
 
@@ -233,6 +266,10 @@ def overhead(levels: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "p50_ratio": server["p50_ms"] / max(local["p50_ms"], 1e-9),
                 "mean_ratio": server["mean_ms"] / max(local["mean_ms"], 1e-9),
                 "p50_added_ms": server["p50_ms"] - local["p50_ms"],
+                # the server's own time (Server-Timing), without the client and the loopback
+                "server_side_p50_ratio": server["server_side_p50_ms"] / max(local["p50_ms"], 1e-9)
+                if "server_side_p50_ms" in server
+                else None,
                 "throughput_ratio": local["req_per_s"] / max(server["req_per_s"], 1e-9),
             }
         )
@@ -253,13 +290,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--level-seconds", type=float, default=60.0, help="No start after this.")
     parser.add_argument("--no-llm", action="store_true", help="The retriever alone only.")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="Alternating in-process/server blocks per level."
+    )
     parser.add_argument("--set", dest="set_items", action="append", default=[])
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     setup_logging("INFO")
     bench_dir = args.out.parent
     bench_dir.mkdir(parents=True, exist_ok=True)
-    # Its own Chroma folder: never open another job's embedded store from two processes.
+    # Its own Chroma folders (one per side: both are up at once): never open an embedded
+    # store from two processes.
     sets = [
         f"store.path={bench_dir / 'api-chroma'}",
         "llm.threads=1",
@@ -268,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         *([f"data.path={args.data}"] if args.data else []),
         *args.set_items,
     ]
-    settings: Settings = load_settings(set_items=sets)
+    settings: Settings = load_settings(
+        set_items=[*sets, f"store.path={bench_dir / 'api-chroma-local'}"]
+    )
     retriever, two_stage = args.retriever, f"{args.retriever}+{args.reranker}"
     plan = Plan(
         pipelines=[retriever] if args.no_llm else [retriever, two_stage],
@@ -278,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             two_stage: [int(n) for n in args.llm_requests.split(",")],
         },
         time_limit_s=args.level_seconds,
+        rounds=max(1, args.rounds),
     )
     started = time.perf_counter()
     # Built as `recbridge serve` builds it (it may train a retriever that has no checkpoint).
@@ -285,15 +329,13 @@ def main(argv: list[str] | None = None) -> int:
         settings, pipelines=plan.pipelines, preload=True, valid_fn_factory=make_valid_fn
     )
     jobs = workload(service.data, 256, args.candidates, settings.seed)
-    local = asyncio.run(in_process(service, plan, jobs))
-    del service
     url, proc = start_server(sets, plan.pipelines, bench_dir / "api-server.log")
     try:
-        served = asyncio.run(over_http(url, plan, jobs))
+        measured = asyncio.run(run_plan(service, url, plan, jobs))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
-    levels = [lv.summary() for lv in [*local, *served]]
+    levels = [lv.summary() for lv in measured]
     report = {
         "benchmark": "api",
         "endpoint": "/v1/rerank",
@@ -315,11 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     log.info("wrote %s", args.out)
     for row in report["overhead"]:
         log.info(
-            "%s c=%d: server/in-process p50 %.2fx (+%.1f ms), throughput %.2fx",
+            "%s c=%d: server/in-process p50 %.2fx (+%.1f ms; server side alone %s), "
+            "throughput %.2fx",
             row["pipeline"],
             row["concurrency"],
             row["p50_ratio"],
             row["p50_added_ms"],
+            "-" if row["server_side_p50_ratio"] is None else f"{row['server_side_p50_ratio']:.2f}x",
             row["throughput_ratio"],
         )
     return 0

@@ -1,6 +1,8 @@
 """What every request passes before a route: a request id (header, logs), bearer auth, the body
 size limit (413), the concurrency limit (429 with Retry-After), the access log line and the
-HTTP metrics. Pure ASGI, so streamed answers are counted until their last byte."""
+HTTP metrics. Pure ASGI, so streamed answers are counted until their last byte. Answers carry
+``Server-Timing: app;dur=<ms>`` (the server's time until the answer starts), so a client can
+tell the server's share of a latency from the network's and its own."""
 
 from __future__ import annotations
 
@@ -91,7 +93,12 @@ class Guard:
                 return
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
-                message["headers"] = [*message.get("headers", []), *extra_headers]
+                took = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *extra_headers,
+                    (b"server-timing", took.encode()),
+                ]
             await send(message)
 
         async def refuse(

@@ -145,7 +145,8 @@ class Dataset:
 
     @property
     def domains(self) -> list[str]:
-        return sorted({it.domain for it in self.items.values()})
+        # From the (cached) catalog: a scan of every item cost ~2 ms per served request.
+        return list(self.catalog.domains)
 
     def split(self, name: Split) -> list[UserSequence]:
         return [u for u in self.users if u.split == name]

@@ -110,7 +110,7 @@ class RecBridgeService:
         )
         if self.default_pipeline is not None and self.default_pipeline not in self.pipelines:
             self.pipelines[self.default_pipeline] = PipelineSpec.parse(self.default_pipeline)
-        # Dataset.domains scans every item: computed once here, not per request.
+        # Read once: the service serves one fixed dataset.
         self.domains: list[str] = data.domains
         self.unavailable: dict[str, str] = {}  # pipeline -> why it was dropped at start
         self._embedder: Embedder | None = None
@@ -506,7 +506,9 @@ class RecBridgeService:
         service's retriever, reranker, profiles and settings (``rerank.*``, fusion included).
         ``top_n`` (reranked) defaults to ``rerank.top_n`` with a reranker, else ``top_k``."""
         rerank = self.settings.rerank
-        retriever = await asyncio.to_thread(self.retriever, spec.retriever)
+        retriever = self._retrievers.get(spec.retriever)
+        if retriever is None:  # not preloaded: loading (or training) it blocks, off the loop
+            retriever = await asyncio.to_thread(self.retriever, spec.retriever)
         if top_n is None:
             top_n = rerank.top_n if spec.reranker else top_k
         options = RecommendOptions(

@@ -196,6 +196,7 @@ def test_auth_request_ids_and_metrics(api_server: ApiServer, http: httpx.Client)
     assert httpx.get(f"{api_server.url}/healthz").status_code == 200
     resp = http.get("/v1/models", headers={"X-Request-ID": "trace-42"})
     assert resp.headers["x-request-id"] == "trace-42"
+    assert resp.headers["server-timing"].startswith("app;dur=")  # the server's share
     generated = http.get("/v1/models").headers["x-request-id"]
     assert len(generated) == 16
     http.post("/v1/recommendations", json={"user": "t1", "model": "popularity+verbalizer"})
