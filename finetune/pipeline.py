@@ -43,7 +43,7 @@ from finetune.examples import (
     write_examples,
 )
 from finetune.render import Encoded, PromptRenderer, prompt_record
-from finetune.trainer import LoraTrainer, TrainResult
+from finetune.trainer import LoraTrainer, TrainResult, Validate
 from finetune.validation import RerankValidator
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,8 @@ class AdapterReport:
     card: dict[str, Any]
 
 
-def _fingerprint(*parts: Any) -> str:
+def run_fingerprint(*parts: Any) -> str:
+    """What a training run's checkpoints must match to be resumed (data, settings, prompt)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -217,34 +218,25 @@ def train_adapter(
     renderer = PromptRenderer(settings, data, tokenizer, kind)
     encoded, dropped = encode_all(renderer, data_file, cfg.max_len)
     prompt = prompt_record(settings)
-    fingerprint = _fingerprint(manifest.model_dump(), cfg.model_dump(mode="json"), prompt, kind)
+    fingerprint = run_fingerprint(manifest.model_dump(), cfg.model_dump(mode="json"), prompt, kind)
     validator = None
     if validate:
         retriever = prepare_model(
             cfg.retriever, data, settings, train=True, valid_fn_factory=make_valid_fn
         ).model
         validator = RerankValidator(data, settings, retriever, kind)
-    run_dir = settings.finetune_dir / "runs" / name
-    trainer = LoraTrainer(
+    result, wall_s = run_training(
+        settings,
+        name,
+        kind,
         model_dir,
         encoded,
-        run_dir,
-        cfg,
-        kind=kind,
-        seed=settings.seed,
         fingerprint=fingerprint,
-        validate=validator,
+        validator=validator,
         pad_id=int(tokenizer.pad_token_id),
+        dropped=dropped,
     )
-    started = time.perf_counter()
-    with torch_threads(cfg.threads):
-        result = trainer.train()
-    result.state.dropped_too_long = dropped
     chosen = result.best_dir or result.last_dir
-    out = settings.adapters_dir / name
-    tmp = out.with_name(f".{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(chosen, tmp)
     card = adapter_card(
         settings,
         name=name,
@@ -254,13 +246,11 @@ def train_adapter(
         prompt=prompt,
         result=result,
         examples=len(encoded),
-        wall_s=time.perf_counter() - started,
+        wall_s=wall_s,
         chosen=chosen,
         renderer=renderer,
     )
-    (tmp / CARD_FILE).write_text(json.dumps(card, indent=1), encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    out = install_adapter(settings, name, chosen, card)
     log.info(
         "adapter %s -> %s (best valid NDCG@10 %.4f at step %s of %d)",
         name,
@@ -270,6 +260,39 @@ def train_adapter(
         result.total_steps,
     )
     return AdapterReport(name, out, card)
+
+
+def run_training(
+    settings: Settings,
+    name: str,
+    kind: str,
+    model_dir: Path,
+    encoded: list[Encoded],
+    *,
+    fingerprint: str,
+    validator: Validate | None,
+    pad_id: int,
+    dropped: int,
+) -> tuple[TrainResult, float]:
+    """Train (or resume) the run ``<finetune_dir>/runs/<name>`` on ``encoded``; the result
+    and this call's wall seconds."""
+    cfg = settings.finetune
+    trainer = LoraTrainer(
+        model_dir,
+        encoded,
+        settings.finetune_dir / "runs" / name,
+        cfg,
+        kind=kind,
+        seed=settings.seed,
+        fingerprint=fingerprint,
+        validate=validator,
+        pad_id=pad_id,
+    )
+    started = time.perf_counter()
+    with torch_threads(cfg.threads):
+        result = trainer.train()
+    result.state.dropped_too_long = dropped
+    return result, time.perf_counter() - started
 
 
 def adapter_card(
@@ -287,16 +310,11 @@ def adapter_card(
     renderer: PromptRenderer,
 ) -> dict[str, Any]:
     state = result.state
-    steps = max(1, state.step)
     return {
         "name": name,
         "kind": kind,
         "recipe": recipe,
-        "base_model": {
-            "name": settings.llm.model,
-            "dir": str(settings.llm_model_dir),
-            "sha256": model_sha256(settings),
-        },
+        "base_model": base_model_record(settings),
         "template": renderer.reranker.template.ref.model_dump(),
         "templates": template_hashes(settings),
         "prompt": prompt,
@@ -308,6 +326,26 @@ def adapter_card(
         "best_step": state.best_step,
         "best_valid_ndcg10": state.best_ndcg10,
         "valid_curve": state.curve,
+        **training_record(settings, result, examples, wall_s),
+    }
+
+
+def base_model_record(settings: Settings) -> dict[str, Any]:
+    """An adapter card's base model: name, folder and weights' sha256."""
+    return {
+        "name": settings.llm.model,
+        "dir": str(settings.llm_model_dir),
+        "sha256": model_sha256(settings),
+    }
+
+
+def training_record(
+    settings: Settings, result: TrainResult, examples: int, wall_s: float
+) -> dict[str, Any]:
+    """An adapter card's training figures: loss curve, steps, tokens, speed, memory, run."""
+    state = result.state
+    steps = max(1, state.step)
+    return {
         "loss_curve": state.losses,
         "steps": state.step,
         "total_steps": result.total_steps,
@@ -347,6 +385,12 @@ def export_adapter(
         card["chosen_step"] = card.get("steps")
         last = curve[-1] if curve and curve[-1]["step"] == card.get("steps") else None
         card["chosen_valid_ndcg10"] = last["ndcg10"] if last else None
+    return install_adapter(settings, name, source, card)
+
+
+def install_adapter(settings: Settings, name: str, source: Path, card: dict[str, Any]) -> Path:
+    """Copy the adapter in ``source`` to ``<adapters_dir>/<name>`` with ``card``: written
+    beside, then renamed, so a served folder is never half-written."""
     out = settings.adapters_dir / name
     tmp = out.with_name(f".{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

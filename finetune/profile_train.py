@@ -10,11 +10,7 @@ kill, bf16 autocast). No validator: the trainer keeps the last adapter; profile 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +19,17 @@ from tqdm import tqdm
 from agent.config import Settings
 from agent.data.loader import load_dataset
 from agent.data.schema import Dataset
-from agent.llm.adapters import CARD_FILE
 from agent.llm.model_files import require_model_dir
-from agent.llm.threads import torch_threads
-from eval.runinfo import run_info
 from finetune.examples import data_fingerprint
-from finetune.pipeline import AdapterReport, FinetuneError, model_sha256
+from finetune.pipeline import (
+    AdapterReport,
+    FinetuneError,
+    base_model_record,
+    install_adapter,
+    run_fingerprint,
+    run_training,
+    training_record,
+)
 from finetune.profile_data import (
     ProfileExample,
     ProfileManifest,
@@ -41,7 +42,6 @@ from finetune.profile_data import (
 )
 from finetune.profile_render import NextInterestPrompt
 from finetune.render import Encoded
-from finetune.trainer import LoraTrainer
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +117,6 @@ def encode_profile_examples(
     return kept, dropped
 
 
-def _fingerprint(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
 def train_profile_adapter(settings: Settings, *, name: str | None = None) -> AdapterReport:
     """Train the profile adapter on the next-interest data; the last adapter and its card go to
     ``settings.adapters_dir / name`` (default ``profile.next.adapter``). Resumable."""
@@ -144,33 +139,26 @@ def train_profile_adapter(settings: Settings, *, name: str | None = None) -> Ada
     prompt = NextInterestPrompt(data, settings.profile.next)
     encoded, dropped = encode_profile_examples(prompt, tokenizer, examples, cfg.max_len)
     prompt_cfg = settings.profile.next.model_dump(mode="json")
-    fingerprint = _fingerprint(manifest.model_dump(), cfg.model_dump(mode="json"), prompt_cfg, KIND)
-    trainer = LoraTrainer(
+    fingerprint = run_fingerprint(
+        manifest.model_dump(), cfg.model_dump(mode="json"), prompt_cfg, KIND
+    )
+    result, wall_s = run_training(
+        settings,
+        name,
+        KIND,
         model_dir,
         encoded,
-        settings.finetune_dir / "runs" / name,
-        cfg,
-        kind=KIND,
-        seed=settings.seed,
         fingerprint=fingerprint,
-        validate=None,
+        validator=None,
         pad_id=int(tokenizer.pad_token_id),
+        dropped=dropped,
     )
-    started = time.perf_counter()
-    with torch_threads(cfg.threads):
-        result = trainer.train()
-    result.state.dropped_too_long = dropped
     state = result.state
-    steps = max(1, state.step)
     card = {
         "name": name,
         "kind": KIND,
         "recipe": RECIPE,
-        "base_model": {
-            "name": settings.llm.model,
-            "dir": str(settings.llm_model_dir),
-            "sha256": model_sha256(settings),
-        },
+        "base_model": base_model_record(settings),
         "template": prompt.template.ref.model_dump(),
         "prompt": {},  # no rerank prompt settings: this adapter is not a reranker
         "profile_prompt": prompt_cfg,
@@ -178,30 +166,11 @@ def train_profile_adapter(settings: Settings, *, name: str | None = None) -> Ada
         "settings": cfg.model_dump(mode="json"),
         "seed": settings.seed,
         "chosen": "last",
-        "loss_curve": state.losses,
-        "steps": state.step,
-        "total_steps": result.total_steps,
-        "examples": len(encoded),
-        "examples_seen": state.examples_seen,
-        "dropped_too_long": dropped,
-        "tokens": state.tokens,
-        "train_seconds": state.seconds,
-        "seconds_per_step": state.seconds / steps,
-        "tokens_per_s": state.tokens / state.seconds if state.seconds else None,
-        "wall_seconds_this_call": time.perf_counter() - started,
-        "resumed_from": state.resumed_from,
-        "trainable_params": result.trainable_params,
-        "peak_rss_mb": result.peak_rss_mb,
-        "device": cfg.device,
-        "run": run_info(),
+        **training_record(settings, result, len(encoded), wall_s),
     }
-    out = settings.adapters_dir / name
-    tmp = out.with_name(f".{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(result.last_dir, tmp)
-    (tmp / CARD_FILE).write_text(json.dumps(card, indent=1), encoding="utf-8")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    out = install_adapter(settings, name, result.last_dir, card)
     first, last = (state.losses[0], state.losses[-1]) if state.losses else (None, None)
-    log.info("profile adapter %s -> %s (%d steps, loss %s -> %s)", name, out, steps, first, last)
+    log.info(
+        "profile adapter %s -> %s (%d steps, loss %s -> %s)", name, out, state.step, first, last
+    )
     return AdapterReport(name, out, card)

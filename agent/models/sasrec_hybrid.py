@@ -21,12 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agent.config import Settings
 from agent.data.schema import Dataset
 from agent.models.base import FitReport, ValidFn
 from agent.models.neural import ItemEncoder
-from agent.models.sasrec_text import ItemTextTable, TextItemEncoder
-from agent.models.sequential import SASRecRecommender
+from agent.models.sasrec_text import SASRecTextRecommender, TextItemEncoder
 
 log = logging.getLogger(__name__)
 
@@ -71,18 +69,11 @@ def seen_items(data: Dataset) -> np.ndarray:
     return seen
 
 
-class SASRecHybridRecommender(ItemTextTable, SASRecRecommender):
+class SASRecHybridRecommender(SASRecTextRecommender):
+    """sasrec-text with an ID part added to each seen item's vector (same table, settings and
+    checkpoint checks; only the encoder differs)."""
+
     name = "sasrec-hybrid"
-
-    def __init__(
-        self, data: Dataset, settings: Settings, *, table: np.ndarray | None = None
-    ) -> None:
-        """``table``: the item embeddings if the caller has them already (else computed)."""
-        super().__init__(data, settings)
-        self._table = table
-
-    def encoder_config(self) -> dict[str, Any]:
-        return {"hidden": self.settings.train.hidden, **self.text_table_config("text_dim")}
 
     def build_encoder(self, config: dict[str, Any]) -> ItemEncoder:
         # a checkpoint's own ``seen`` replaces this one when its state is loaded
@@ -94,9 +85,6 @@ class SASRecHybridRecommender(ItemTextTable, SASRecRecommender):
             width=int(config["width"]),
             whiten=bool(config["whiten"]),
         )
-
-    def check_encoder_config(self, saved: dict[str, Any], path: Path) -> None:
-        self.check_text_table(saved, path, "text_dim")
 
     @property
     def items_unseen(self) -> int:
