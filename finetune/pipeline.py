@@ -15,6 +15,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -175,10 +176,15 @@ def encode_all(
 ) -> tuple[list[Encoded], int]:
     """Every example of ``data_file`` as ids; those over ``max_len`` tokens are dropped and
     counted (never cut: a cut prompt would lose the candidates or the question)."""
+    examples = tqdm(read_examples(data_file), desc="tokenising", unit="ex")
+    return drop_too_long((renderer.encode(ex) for ex in examples), max_len)
+
+
+def drop_too_long(encoded: Iterable[Encoded], max_len: int) -> tuple[list[Encoded], int]:
+    """The examples of at most ``max_len`` tokens, and how many longer ones were dropped."""
     kept: list[Encoded] = []
     dropped = 0
-    for ex in tqdm(read_examples(data_file), desc="tokenising", unit="ex"):
-        enc = renderer.encode(ex)
+    for enc in encoded:
         if enc.length > max_len:
             dropped += 1
             continue

@@ -25,6 +25,7 @@ from finetune.pipeline import (
     AdapterReport,
     FinetuneError,
     base_model_record,
+    drop_too_long,
     install_adapter,
     run_fingerprint,
     run_training,
@@ -104,17 +105,13 @@ def encode_profile_examples(
     prompt: NextInterestPrompt, tokenizer: Any, examples: list[ProfileExample], max_len: int
 ) -> tuple[list[Encoded], int]:
     """Every example as ids; those over ``max_len`` tokens are dropped and counted."""
-    kept: list[Encoded] = []
-    dropped = 0
-    for ex in tqdm(examples, desc="tokenising", unit="ex"):
-        enc = prompt.encode(tokenizer, ex.id, ex.history, ex.domain, ex.answer.answer_json())
-        if enc.length > max_len:
-            dropped += 1
-            continue
-        kept.append(enc)
-    if dropped:
-        log.warning("%d examples longer than finetune.max_len=%d tokens dropped", dropped, max_len)
-    return kept, dropped
+    return drop_too_long(
+        (
+            prompt.encode(tokenizer, ex.id, ex.history, ex.domain, ex.answer.answer_json())
+            for ex in tqdm(examples, desc="tokenising", unit="ex")
+        ),
+        max_len,
+    )
 
 
 def train_profile_adapter(settings: Settings, *, name: str | None = None) -> AdapterReport:
