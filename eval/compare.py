@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +17,8 @@ from agent.models.registry import recommender_class
 from agent.pipeline.build import TwoStageSpec, two_stage_factory
 from eval.evaluator import EvalResult, RankingEvaluator, make_valid_fn
 from eval.report import ReportPaths, write_report
+from eval.study.training import TrainJob, run_training
+from eval.transfer import Transfer
 from eval.two_stage import TwoStageRow, cost_markdown, evaluate_two_stage, extra_info
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,56 @@ def check_ready(
             )
 
 
+class TrainingFailed(RuntimeError):
+    """A training process of ``train_in_processes`` failed; the message names its log."""
+
+
+def train_in_processes(
+    names: list[str], settings: Settings, checkpoints: dict[str, Path], jobs: int
+) -> list[str]:
+    """Train the models that have no checkpoint ``jobs`` at a time, each in a process of its
+    own (``python -m eval.modelprep``, one torch thread: the study's training path), into their
+    default checkpoints, which ``prepare_model`` then loads. One at a time in this process
+    would leave a core idle on this 2-core machine. Returns the names trained.
+
+    The processes read these exact settings from a file, so each trains as it would here; the
+    early-stopping candidates are seeded, so they are the same as in-process.
+    """
+    todo = [
+        n
+        for n in names
+        if recommender_class(n).trainable
+        and n not in checkpoints
+        and not is_checkpoint(default_checkpoint(settings, n))
+    ]
+    if jobs < 2 or len(todo) < 2:
+        return []
+    logs = settings.work_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    # JSON is YAML: the settings file reader takes it as is.
+    config = logs / "train-settings.json"
+    config.write_text(json.dumps(settings.model_dump(mode="json"), indent=1), encoding="utf-8")
+    prog = [sys.executable, "-m", "eval.modelprep", "--config", str(config), "train"]
+    planned = [
+        TrainJob(
+            row=name,
+            seed=settings.seed,
+            transfer=Transfer.parse(None),
+            out=default_checkpoint(settings, name),
+            argv=[*prog, "--model", name, "--out", str(default_checkpoint(settings, name))],
+            log_path=logs / f"train-{name}.log",
+        )
+        for name in todo
+    ]
+    log.info("training %s, %d at a time (logs in %s)", ", ".join(todo), jobs, logs)
+    failed = run_training(planned, jobs)
+    if failed:
+        raise TrainingFailed(
+            "training failed: " + "; ".join(f"{j.row} (see {j.log_path})" for j in failed)
+        )
+    return todo
+
+
 def compare_models(
     dataset: Dataset,
     settings: Settings,
@@ -66,16 +120,19 @@ def compare_models(
     two_stage: TwoStagePlan | None = None,
     extra: dict[str, Any] | None = None,
     preface: str | None = None,
+    train_jobs: int = 1,
 ) -> Comparison:
     """Prepare (load or train) each model, evaluate all on one candidate set, write the report.
 
-    With ``two_stage``, its retriever (added to ``names`` if missing) is also evaluated with each
-    LLM reranker on the same users and candidates.
+    With ``train_jobs`` > 1, models without a checkpoint train that many at a time in
+    processes of their own first. With ``two_stage``, its retriever (added to ``names`` if
+    missing) is also evaluated with each LLM reranker on the same users and candidates.
     """
     checkpoints = checkpoints or {}
     if two_stage is not None and two_stage.retriever not in names:
         names = [*names, two_stage.retriever]
     check_ready(names, settings, checkpoints, train_missing)
+    trained = train_in_processes(names, settings, checkpoints, train_jobs) if train_missing else []
     evaluator = RankingEvaluator(dataset, settings, candidates_path=candidates)
     log.info(
         "evaluating %s on %d %s users, protocol %s",
@@ -104,6 +161,8 @@ def compare_models(
             train=train_missing,
             valid_fn_factory=shared_valid_fn,
         )
+        if model_name in trained:
+            prep.source = "trained"  # in its own process, just now
         models[model_name] = prep.model
         prepared[model_name] = prep.describe()
         results.append(evaluator(prep.model, name=model_name))

@@ -9,6 +9,7 @@ the best recommender as retriever with each LLM reranker (users profiled, candid
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Annotated
@@ -25,19 +26,20 @@ from agent.llm.adapters import best_rerank_adapter
 from agent.models.base import Recommender
 from agent.pipeline.build import TwoStageSpec
 from agent.service import SERVICE_ERRORS, PipelineSpec, RecBridgeService
-from eval.compare import Comparison, TwoStagePlan, compare_models
+from eval.compare import Comparison, TrainingFailed, TwoStagePlan, compare_models
 from eval.evaluator import RankingEvaluator, make_valid_fn
 from eval.report import print_table, write_report
 from eval.two_stage import cost_markdown, cost_table, evaluate_two_stage, extra_info
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODELS = "popularity,text-knn,sasrec-id,sasrec-text"
+# The two SASRec retrievers of the retriever study (README): ID items, and ID + text items.
+DEFAULT_MODELS = "popularity,text-knn,sasrec-id,sasrec-hybrid"
 DEFAULT_RERANKERS = "listwise,verbalizer"
 # LLM profiling + reranking on a CPU costs about a minute per user: a sample keeps it minutes.
 DEFAULT_RERANK_USERS = 10
 EXAMPLE_TOP = 10
-PREPARE_ERRORS: tuple[type[Exception], ...] = (*EVAL_ERRORS, *SERVICE_ERRORS)
+PREPARE_ERRORS: tuple[type[Exception], ...] = (*EVAL_ERRORS, *SERVICE_ERRORS, TrainingFailed)
 RERANK_ERRORS: tuple[type[Exception], ...] = (*LLM_ERRORS, *SERVICE_ERRORS)
 
 
@@ -53,6 +55,9 @@ def run(
     users: Annotated[int | None, typer.Option(help="Evaluate a seeded sample of N users.")] = None,
     protocol: Annotated[str | None, typer.Option(help="sampled-999|sampled-100|full")] = None,
     epochs: Annotated[int | None, typer.Option(help="Max epochs for trained models.")] = None,
+    jobs: Annotated[
+        int, typer.Option(min=1, help="Models trained at a time (a process each, 1 thread).")
+    ] = 2,
     seed: Annotated[int | None, typer.Option(help="Seed for sampling and training.")] = None,
     out: Annotated[Path | None, typer.Option(help="Report folder.")] = None,
     rerankers: Annotated[
@@ -96,7 +101,7 @@ def run(
     try:
         index = service.item_index  # every item embedded (cached) and in Chroma
         log.info("Chroma collection %s: %d items", index.name, index.count())
-        comparison = compare_models(dataset, settings, names, out=out, name=None)
+        comparison = compare_models(dataset, settings, names, out=out, name=None, train_jobs=jobs)
     except PREPARE_ERRORS as exc:
         raise UserError(str(exc)) from None
     print_table(comparison.results, comparison.evaluator.ks, console)
@@ -182,11 +187,17 @@ def rerankers_of(plan: TwoStagePlan) -> str:
 
 
 def _best_trained(comparison: Comparison) -> tuple[str, Recommender] | None:
-    trained = [r for r in comparison.results if comparison.models[r.model].trainable]
-    if not trained:
+    """The trained model with the best valid NDCG@10 of its fit (never a test figure)."""
+    scored = [
+        (float(fit["best_valid_ndcg10"]), name)
+        for name, prep in comparison.prepared.items()
+        if (fit := prep.get("fit")) and math.isfinite(fit.get("best_valid_ndcg10", math.nan))
+    ]
+    if not scored:
         return None
-    best = max(trained, key=lambda r: r.primary)
-    return best.model, comparison.models[best.model]
+    _, best = max(scored)
+    log.info("two-stage retriever: %s (best valid NDCG@10 of the trained models)", best)
+    return best, comparison.models[best]
 
 
 def show_example(service: RecBridgeService, comparison: Comparison) -> None:

@@ -49,6 +49,7 @@ ValidFn = Callable[["Recommender"], float]
 class Recommender(ABC):
     name: ClassVar[str]
     trainable: ClassVar[bool] = False
+    uses_train_loss: ClassVar[bool] = False  # trained with ``train.loss``
 
     def __init__(self, data: Dataset, settings: Settings) -> None:
         self.data = data

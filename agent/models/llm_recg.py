@@ -115,6 +115,7 @@ class RecGNet(MethodNet):
 
 class LLMRecGRecommender(MethodRecommender):
     name = "llm-recg"
+    uses_train_loss = False  # methods.llm_recg.loss
 
     def method_config(self) -> dict[str, Any]:
         m = self.methods.llm_recg

@@ -130,6 +130,9 @@ class NeuralRecommender(Recommender, Generic[NetT]):
     """
 
     trainable = True
+    # Trained with ``train.loss`` (LLM-RecG has its own ``methods.llm_recg.loss``): a default
+    # checkpoint trained with another loss is not loaded in its place (agent/models/prepare.py).
+    uses_train_loss = True
 
     def __init__(self, data: Dataset, settings: Settings) -> None:
         super().__init__(data, settings)

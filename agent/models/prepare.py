@@ -103,14 +103,15 @@ def prepare_model(
             raise FileNotFoundError(f"checkpoint for {name} not found: {checkpoint}")
         model.load(checkpoint)
         log.info("%s: loaded checkpoint %s", name, checkpoint)
-        return PreparedModel(model, "checkpoint", checkpoint)
+        return PreparedModel(model, "checkpoint", checkpoint, read_fit_report(checkpoint))
     if not model.trainable:
         return PreparedModel(model, "untrained")
     default = default_checkpoint(settings, name)
     if is_checkpoint(default):
+        _check_loss(model, default, settings)
         model.load(default)
         log.info("%s: loaded checkpoint %s (delete it to train again)", name, default)
-        return PreparedModel(model, "checkpoint", default)
+        return PreparedModel(model, "checkpoint", default, read_fit_report(default))
     if not train:
         raise ModelNotReady(
             f"{name} is a trained model and has no checkpoint: run `recbridge train --model "
@@ -125,6 +126,43 @@ def prepare_model(
     report = model.fit(valid_fn=valid_fn, out=default)
     write_fit_report(default, report, name, settings)
     return PreparedModel(model, "trained", report.checkpoint or default, report)
+
+
+def checkpoint_loss(path: Path) -> str | None:
+    """The ``train.loss`` a checkpoint folder was trained with (``bce`` for checkpoints written
+    before the setting existed); None when its config records no training settings."""
+    try:
+        body = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        train = body["config"]["train"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(train.get("loss", "bce")) if isinstance(train, dict) else None
+
+
+def _check_loss(model: Recommender, path: Path, settings: Settings) -> None:
+    """The default checkpoint stands for the current settings: one trained with another
+    ``train.loss`` would silently score as if it were the model asked for."""
+    if not model.uses_train_loss:
+        return
+    trained = checkpoint_loss(path)
+    wanted = settings.train.loss
+    if trained is not None and trained != wanted:
+        raise ModelNotReady(
+            f"{model.name}: the checkpoint {path} was trained with train.loss={trained}, the "
+            f"settings say train.loss={wanted}: delete or move it to train again, or pass "
+            f"--set train.loss={trained} to use it"
+        )
+
+
+def read_fit_report(path: Path) -> FitReport | None:
+    """The fit report beside a checkpoint (None if absent or unreadable: it is informative)."""
+    try:
+        body = json.loads((path / FIT_REPORT_FILE).read_text(encoding="utf-8"))
+        fields = {f: body[f] for f in FitReport.__dataclass_fields__ if f in body}
+        fields["checkpoint"] = path
+        return FitReport(**fields)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def write_fit_report(

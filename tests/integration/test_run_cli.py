@@ -38,7 +38,7 @@ def test_run_indexes_trains_evaluates_reranks_and_shows_an_example(
             "--set", "rerank.top_n=5",
             *small_llm,
             "run", "--data", str(slice_dir),
-            "--models", "popularity,text-knn,sasrec-id",
+            "--models", "popularity,text-knn,sasrec-id,gru4rec",
             "--epochs", "1", "--users", "20", *rerank, "--out", str(work / report),
         ]  # fmt: skip
 
@@ -47,30 +47,37 @@ def test_run_indexes_trains_evaluates_reranks_and_shows_an_example(
     )
     assert result.exit_code == 0, result.output
     payload = json.loads((work / "report" / "results.json").read_text(encoding="utf-8"))
-    assert [r["model"] for r in payload["results"]] == ["popularity", "text-knn", "sasrec-id"]
+    names = ["popularity", "text-knn", "sasrec-id", "gru4rec"]
+    assert [r["model"] for r in payload["results"]] == names
     assert all(r["n_users"] == 20 for r in payload["results"])
-    assert payload["extra"]["models"]["sasrec-id"]["source"] == "trained"
-    assert (work / "checkpoints" / "sasrec-id").is_dir()
+    models = payload["extra"]["models"]
+    # The two trained models trained side by side, each in a process with its own log.
+    for name in ("sasrec-id", "gru4rec"):
+        assert models[name]["source"] == "trained"
+        assert (work / "checkpoints" / name / "fit_report.json").is_file()
+        assert "best valid NDCG@10" in (work / "logs" / f"train-{name}.log").read_text()
     assert (work / "chroma").is_dir()  # the embedded store was filled
-    # The best trained model as retriever, alone and reranked, on a 2-user sample.
+    # The trained model best on VALID users as retriever, alone and reranked, on 2 users.
+    best = max(("sasrec-id", "gru4rec"), key=lambda n: models[n]["fit"]["best_valid_ndcg10"])
     two = json.loads((work / "report" / "two-stage" / "results.json").read_text(encoding="utf-8"))
-    assert [r["model"] for r in two["results"]] == ["sasrec-id", "sasrec-id+verbalizer"]
+    assert [r["model"] for r in two["results"]] == [best, f"{best}+verbalizer"]
     assert all(r["n_users"] == 2 for r in two["results"])
-    assert two["extra"]["two_stage"]["rows"]["sasrec-id+verbalizer"]["stats"]["users"] == 2
+    assert two["extra"]["two_stage"]["rows"][f"{best}+verbalizer"]["stats"]["users"] == 2
     # The example user end to end: history, profile, retrieved, reranked.
     assert "held-out target" in result.output
     assert "profile (local/" in result.output
-    assert "retrieved by sasrec-id" in result.output
+    assert f"retrieved by {best}" in result.output
     assert "reranked by verbalizer" in result.output
 
     # Second run without rerankers: nothing to train, same numbers, the plain example.
     again = runner.invoke(app, args(["--rerankers", ""], "report2"))
     assert again.exit_code == 0, again.output
     payload2 = json.loads((work / "report2" / "results.json").read_text(encoding="utf-8"))
-    assert payload2["extra"]["models"]["sasrec-id"]["source"] == "checkpoint"
-    assert payload2["results"][2]["metrics"] == payload["results"][2]["metrics"]
+    for i, name in enumerate(names[2:], start=2):
+        assert payload2["extra"]["models"][name]["source"] == "checkpoint"
+        assert payload2["results"][i]["metrics"] == payload["results"][i]["metrics"]
     assert "text-knn (Chroma)" in again.output
-    assert "sasrec-id (full" in again.output
+    assert f"{best} (full" in again.output
 
 
 def test_run_bad_data_path_is_one_line_exit_2(tmp_path: Path) -> None:

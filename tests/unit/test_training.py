@@ -18,6 +18,7 @@ from agent.data.schema import Dataset
 from agent.models.base import UNKNOWN_ITEM_SCORE
 from agent.models.checkpoint import CONFIG_FILE, FIT_REPORT_FILE, CheckpointError
 from agent.models.neural import MODEL_FILE
+from agent.models.prepare import ModelNotReady, checkpoint_loss, default_checkpoint, prepare_model
 from agent.models.registry import build_recommender
 from agent.models.sasrec_id import SASRecIDRecommender
 from agent.models.sequential import SASRecRecommender
@@ -154,6 +155,28 @@ def test_checkpoint_of_other_data_or_model_is_refused(
         build_recommender("popularity", slice_data, settings).load(tmp_path / "ckpt")
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         model.load(tmp_path)
+
+
+def test_a_default_checkpoint_of_another_loss_is_not_loaded_in_its_place(
+    settings: Settings, slice_data: Dataset
+) -> None:
+    bce = fast(settings, epochs=1, loss="bce")
+    trained = prepare_model("sasrec-id", slice_data, bce, train=True, valid_fn=lambda _m: 0.5)
+    folder = default_checkpoint(bce, "sasrec-id")
+    assert trained.source == "trained" and checkpoint_loss(folder) == "bce"
+    ssm = with_train(bce, loss="sampled-softmax")
+    with pytest.raises(ModelNotReady, match=r"trained with train\.loss=bce.*sampled-softmax"):
+        prepare_model("sasrec-id", slice_data, ssm, train=True, valid_fn=lambda _m: 0.5)
+    again = prepare_model("sasrec-id", slice_data, bce)  # the same loss: loaded, fit report too
+    assert again.source == "checkpoint" and again.fit is not None
+    assert again.fit.best_valid_ndcg10 == 0.5
+    # Checkpoints written before train.loss existed were trained with bce.
+    config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    del config["config"]["train"]["loss"]
+    (folder / CONFIG_FILE).write_text(json.dumps(config), encoding="utf-8")
+    assert checkpoint_loss(folder) == "bce"
+    # LLM-RecG trains with methods.llm_recg.loss: train.loss does not describe its checkpoint.
+    assert not build_recommender("llm-recg", slice_data, ssm).uses_train_loss
 
 
 def test_score_ignores_unknown_history_and_ranks_unknown_candidates_last(
