@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from agent.models.registry import recommender_class
 from agent.pipeline.build import TwoStageSpec, two_stage_factory
 from eval.evaluator import EvalResult, RankingEvaluator, make_valid_fn
 from eval.report import ReportPaths, write_report
-from eval.study.training import TrainJob, run_training
+from eval.study.training import ProcessJob, TrainJob, run_training
 from eval.transfer import Transfer
 from eval.two_stage import TwoStageRow, cost_markdown, evaluate_two_stage, extra_info
 
@@ -61,16 +62,32 @@ class TrainingFailed(RuntimeError):
     """A training process of ``train_in_processes`` failed; the message names its log."""
 
 
+def settings_file(settings: Settings) -> Path:
+    """These exact settings as a file a process of its own reads (``--config``); JSON is YAML,
+    which the settings reader takes as is."""
+    logs = settings.work_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / "run-settings.json"
+    path.write_text(json.dumps(settings.model_dump(mode="json"), indent=1), encoding="utf-8")
+    return path
+
+
 def train_in_processes(
-    names: list[str], settings: Settings, checkpoints: dict[str, Path], jobs: int
+    names: list[str],
+    settings: Settings,
+    checkpoints: dict[str, Path],
+    jobs: int,
+    beside: Sequence[ProcessJob] = (),
 ) -> list[str]:
     """Train the models that have no checkpoint ``jobs`` at a time, each in a process of its
     own (``python -m eval.modelprep``, one torch thread: the study's training path), into their
-    default checkpoints, which ``prepare_model`` then loads. One at a time in this process
-    would leave a core idle on this 2-core machine. Returns the names trained.
+    default checkpoints, which ``prepare_model`` then loads; ``beside`` runs in the same pool
+    after them (a core left idle by a short training run picks it up). One training at a time
+    in this process would leave a core idle on this 2-core machine. Returns the names trained.
 
     The processes read these exact settings from a file, so each trains as it would here; the
-    early-stopping candidates are seeded, so they are the same as in-process.
+    early-stopping candidates are seeded, so they are the same as in-process. A failed
+    ``beside`` job only warns: its work is redone where it is needed.
     """
     todo = [
         n
@@ -79,30 +96,35 @@ def train_in_processes(
         and n not in checkpoints
         and not is_checkpoint(default_checkpoint(settings, n))
     ]
-    if jobs < 2 or len(todo) < 2:
+    if jobs < 2 or (len(todo) < 2 and not beside):
         return []
-    logs = settings.work_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    # JSON is YAML: the settings file reader takes it as is.
-    config = logs / "train-settings.json"
-    config.write_text(json.dumps(settings.model_dump(mode="json"), indent=1), encoding="utf-8")
+    config = settings_file(settings)
     prog = [sys.executable, "-m", "eval.modelprep", "--config", str(config), "train"]
-    planned = [
+    planned: list[TrainJob | ProcessJob] = [
         TrainJob(
             row=name,
             seed=settings.seed,
             transfer=Transfer.parse(None),
             out=default_checkpoint(settings, name),
             argv=[*prog, "--model", name, "--out", str(default_checkpoint(settings, name))],
-            log_path=logs / f"train-{name}.log",
+            log_path=config.parent / f"train-{name}.log",
         )
         for name in todo
     ]
-    log.info("training %s, %d at a time (logs in %s)", ", ".join(todo), jobs, logs)
-    failed = run_training(planned, jobs)
-    if failed:
+    log.info(
+        "in processes, %d at a time: %s (logs in %s)",
+        jobs,
+        ", ".join([*(f"training {n}" for n in todo), *(j.label for j in beside)]),
+        config.parent,
+    )
+    failed = run_training([*planned, *beside], jobs)
+    for job in failed:
+        if isinstance(job, ProcessJob):
+            log.warning("%s failed (see %s): done later in this process", job.label, job.log_path)
+    trains = [j for j in failed if isinstance(j, TrainJob)]
+    if trains:
         raise TrainingFailed(
-            "training failed: " + "; ".join(f"{j.row} (see {j.log_path})" for j in failed)
+            "training failed: " + "; ".join(f"{j.row} (see {j.log_path})" for j in trains)
         )
     return todo
 
@@ -120,19 +142,18 @@ def compare_models(
     two_stage: TwoStagePlan | None = None,
     extra: dict[str, Any] | None = None,
     preface: str | None = None,
-    train_jobs: int = 1,
+    trained: Sequence[str] = (),
 ) -> Comparison:
     """Prepare (load or train) each model, evaluate all on one candidate set, write the report.
 
-    With ``train_jobs`` > 1, models without a checkpoint train that many at a time in
-    processes of their own first. With ``two_stage``, its retriever (added to ``names`` if
-    missing) is also evaluated with each LLM reranker on the same users and candidates.
+    ``trained``: models the caller just trained elsewhere (``train_in_processes``), reported as
+    trained. With ``two_stage``, its retriever (added to ``names`` if missing) is also
+    evaluated with each LLM reranker on the same users and candidates.
     """
     checkpoints = checkpoints or {}
     if two_stage is not None and two_stage.retriever not in names:
         names = [*names, two_stage.retriever]
     check_ready(names, settings, checkpoints, train_missing)
-    trained = train_in_processes(names, settings, checkpoints, train_jobs) if train_missing else []
     evaluator = RankingEvaluator(dataset, settings, candidates_path=candidates)
     log.info(
         "evaluating %s on %d %s users, protocol %s",
@@ -162,7 +183,7 @@ def compare_models(
             valid_fn_factory=shared_valid_fn,
         )
         if model_name in trained:
-            prep.source = "trained"  # in its own process, just now
+            prep.source = "trained"  # by the caller, just now
         models[model_name] = prep.model
         prepared[model_name] = prep.describe()
         results.append(evaluator(prep.model, name=model_name))

@@ -107,6 +107,15 @@ def profile(
     users: Annotated[
         int, typer.Option("--users", min=0, help="Without --user: the first N users (0 = all).")
     ] = 0,
+    sample: Annotated[
+        int,
+        typer.Option(
+            "--sample",
+            min=0,
+            help="Without --user: a seeded sample of N users, the ones `recbridge eval --users "
+            "N` (and `run --rerank-users N`) evaluate.",
+        ),
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a tree.")] = False,
     backend: Annotated[
         str | None, typer.Option("--backend", help="local or openai (llm.backend).")
@@ -132,6 +141,8 @@ def profile(
             raise UserError(f"--backend {backend!r}: expected local or openai")
         if split not in ("train", "valid", "test"):
             raise UserError(f"--split {split!r}: expected train, valid or test")
+        if users and sample:
+            raise UserError("--users and --sample: give one of them")
         kind: Literal["local", "openai"] | None = backend  # type: ignore[assignment]
         split_name: Split = split  # type: ignore[assignment]
         settings = state(ctx).settings(**{"data.path": str(data) if data else None, "llm.url": url})
@@ -145,6 +156,10 @@ def profile(
             chosen = [u for u in pool if u.user_id == user]
             if not chosen:
                 raise UserError(f"user {user!r} not found in split {split}")
+        elif sample:
+            from eval.evaluator import select_users
+
+            chosen = select_users(dataset, split_name, sample, settings.seed)
         else:
             chosen = pool[:users] if users else pool
         try:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -26,9 +28,17 @@ from agent.llm.adapters import best_rerank_adapter
 from agent.models.base import Recommender
 from agent.pipeline.build import TwoStageSpec
 from agent.service import SERVICE_ERRORS, PipelineSpec, RecBridgeService
-from eval.compare import Comparison, TrainingFailed, TwoStagePlan, compare_models
+from eval.compare import (
+    Comparison,
+    TrainingFailed,
+    TwoStagePlan,
+    compare_models,
+    settings_file,
+    train_in_processes,
+)
 from eval.evaluator import RankingEvaluator, make_valid_fn
 from eval.report import print_table, write_report
+from eval.study.training import ProcessJob
 from eval.two_stage import cost_markdown, cost_table, evaluate_two_stage, extra_info
 
 log = logging.getLogger(__name__)
@@ -99,9 +109,17 @@ def run(
         ", ".join(dataset.domains),
     )
     try:
-        index = service.item_index  # every item embedded (cached) and in Chroma
-        log.info("Chroma collection %s: %d items", index.name, index.count())
-        comparison = compare_models(dataset, settings, names, out=out, name=None, train_jobs=jobs)
+        vectors = service.embeddings  # every item embedded (cached): text models train on them
+        log.info("item embeddings: %d x %d", *vectors.shape)
+        beside = [profile_job(settings, rerank_users, kind)] if profiled(specs) else []
+        # The models train (and the two-stage users are profiled) in processes of their own
+        # while this one fills the Chroma index.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            training = pool.submit(train_in_processes, names, settings, {}, jobs, beside)
+            index = service.item_index
+            log.info("Chroma collection %s: %d items", index.name, index.count())
+            trained = training.result()
+        comparison = compare_models(dataset, settings, names, out=out, name=None, trained=trained)
     except PREPARE_ERRORS as exc:
         raise UserError(str(exc)) from None
     print_table(comparison.results, comparison.evaluator.ks, console)
@@ -165,6 +183,26 @@ def rerank_sample(
     )
     console.rule(f"example: user {user.user_id}, full {rec.domain} catalogue")
     console.print(render_recommendation(rec, dataset, target))
+
+
+def profiled(specs: list[TwoStageSpec]) -> bool:
+    return any(spec.use_profile for spec in specs)
+
+
+def profile_job(settings: Settings, users: int, backend: str | None) -> ProcessJob:
+    """``recbridge profile`` of the two-stage users, run while the retrievers train: profiles
+    need no retriever, and they are cached, so the two-stage rows find them ready. One torch
+    thread: it shares the cores with a training run."""
+    argv = [sys.executable, "-m", "agent.cli", "--config", str(settings_file(settings))]
+    argv += ["--set", "llm.threads=1", "profile", "--split", settings.eval.split]
+    argv += ["--sample", str(users), "--no-store"]
+    argv += ["--out", str(settings.work_dir / "logs" / "run-profiles.jsonl")]
+    argv += ["--backend", backend] if backend else []
+    return ProcessJob(
+        f"profiling {users} {settings.eval.split} users",
+        argv,
+        settings.work_dir / "logs" / "run-profiles.log",
+    )
 
 
 def adapter_specs(settings: Settings) -> list[TwoStageSpec]:

@@ -38,11 +38,12 @@ from eval.study.spec import (
     trained_rows,
     transfers,
 )
-from eval.study.training import TrainJob, plan_training, run_training
+from eval.study.training import ProcessJob, TrainJob, plan_training, run_training
 
 __all__ = [
     "METRICS",
     "Cell",
+    "ProcessJob",
     "RowSummary",
     "Stat",
     "StudyError",

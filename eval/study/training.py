@@ -34,6 +34,26 @@ class TrainJob:
     def label(self) -> str:
         return f"{self.transfer.model_tag}/{self.row}/seed{self.seed}"
 
+    def succeeded(self) -> bool:
+        return self.returncode == 0 and has_run(self.out)
+
+
+@dataclass
+class ProcessJob:
+    """Any other command that runs beside the training runs in the same pool (``recbridge
+    run`` profiles its two-stage users while the retrievers train)."""
+
+    label: str
+    argv: list[str]
+    log_path: Path
+    returncode: int | None = None
+
+    def succeeded(self) -> bool:
+        return self.returncode == 0
+
+
+Job = TrainJob | ProcessJob
+
 
 def plan_training(
     spec: StudySpec,
@@ -69,7 +89,7 @@ def plan_training(
     return jobs
 
 
-def _run_job(job: TrainJob) -> TrainJob:
+def _run_job(job: Job) -> Job:
     job.log_path.parent.mkdir(parents=True, exist_ok=True)
     with job.log_path.open("w", encoding="utf-8") as sink:
         job.returncode = subprocess.run(
@@ -78,11 +98,12 @@ def _run_job(job: TrainJob) -> TrainJob:
     return job
 
 
-def run_training(jobs: list[TrainJob], workers: int) -> list[TrainJob]:
-    """Run the jobs, ``workers`` at a time; returns the failed ones (their logs say why)."""
+def run_training(jobs: Sequence[Job], workers: int) -> list[Job]:
+    """Run the jobs in order, ``workers`` at a time; returns the failed ones (their logs say
+    why)."""
     if not jobs:
         return []
-    failed: list[TrainJob] = []
+    failed: list[Job] = []
     with (
         ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
         tqdm(total=len(jobs), unit="run", desc="train") as bar,
@@ -91,9 +112,9 @@ def run_training(jobs: list[TrainJob], workers: int) -> list[TrainJob]:
         for future in as_completed(futures):
             job = future.result()
             bar.update(1)
-            if job.returncode != 0 or not has_run(job.out):
+            if not job.succeeded():
                 failed.append(job)
                 log.error("%s failed (exit %s): see %s", job.label, job.returncode, job.log_path)
             else:
-                log.info("%s trained: %s", job.label, job.out)
+                log.info("%s done (log %s)", job.label, job.log_path)
     return failed

@@ -204,6 +204,9 @@ def test_cli_prints_the_tree_and_profiles_a_split(
     tree = ProfileTree.model_validate_json(as_json.stdout)
     assert tree.user_id == user and tree == ProfileTree.model_validate(rows[0]["tree"])
 
+    both = runner.invoke(app, [*base, "profile", *common, "--users", "2", "--sample", "2"])
+    assert both.exit_code == 2 and "--users and --sample" in both.output
+
 
 def test_local_and_vllm_profiles_agree(
     openai_llm: OpenAIBackend,

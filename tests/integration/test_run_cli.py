@@ -56,6 +56,9 @@ def test_run_indexes_trains_evaluates_reranks_and_shows_an_example(
         assert models[name]["source"] == "trained"
         assert (work / "checkpoints" / name / "fit_report.json").is_file()
         assert "best valid NDCG@10" in (work / "logs" / f"train-{name}.log").read_text()
+    # The two-stage users were profiled in a process of their own while the models trained.
+    profiled = (work / "logs" / "run-profiles.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(profiled) == 2
     assert (work / "chroma").is_dir()  # the embedded store was filled
     # The trained model best on VALID users as retriever, alone and reranked, on 2 users.
     best = max(("sasrec-id", "gru4rec"), key=lambda n: models[n]["fit"]["best_valid_ndcg10"])

@@ -59,8 +59,8 @@ def test_dropout_is_the_identity_in_eval_and_at_p_0_and_zero_at_p_1() -> None:
 
 
 def test_without_fast_kernels_dropout_is_torchs_own() -> None:
-    """train.fast_kernels off (the default): the same masks as F.dropout from the same seed,
-    so figures measured before the fast kernels reproduce; on: other masks."""
+    """Without the fast kernels (train.fast_kernels=false): the same masks as F.dropout from
+    the same seed, so figures measured before the fast kernels reproduce; on: other masks."""
     x = torch.ones(1000)
     torch.manual_seed(3)
     expected = F.dropout(x, 0.2)
