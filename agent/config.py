@@ -171,7 +171,8 @@ class LLMSettings(BaseModel):
     retries: int = 3  # extra attempts on 5xx, 429, timeouts, connection errors
     retry_backoff_s: float = 0.5  # first wait between attempts; doubles each retry
     # Requests in flight per batch (the local backend: its batch size). SmolLM2-135M decoding on
-    # one CPU thread: 16.1 ms per sequence-step at a batch of 8, 11.2 at 16, 9.6 at 32.
+    # one CPU thread: 17.5 ms per sequence-step at a batch of 8, 13.1 at 16, 9.9 at 32
+    # (python -m benchmarks.bench_llm_batch).
     concurrency: int = 16
     # Local backend torch threads, per call; 0 = torch default. On a shared 2-core box use 1:
     # 2 threads while another process holds a core ran 7x slower (agent/llm/threads.py).
