@@ -10,7 +10,6 @@ the service's ``/v1/recommendations``, ``/v1/rerank`` and chat answers all come 
 from __future__ import annotations
 
 import asyncio
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -31,8 +30,6 @@ from agent.rerank.fusion import fuse
 # What a result says when the profile stage met an LLM error (the reranker is then skipped:
 # it would only wait for the same LLM again).
 PROFILE_FAILED = "profiling failed: the LLM is unavailable"
-# An LLM error text as LLMError writes it: the LLM is down, not merely confused.
-_LLM_DOWN = re.compile(r"\bLLM (timeout|connection|server_error)\b")
 
 
 class RecommendError(ValueError):
@@ -100,7 +97,8 @@ class Recommendation(BaseModel):
             return "llm_unavailable"
         if self.rerank is None or not self.rerank.fallback:
             return None
-        down = self.rerank.analysis.llm_errors > 0 or bool(_LLM_DOWN.search(self.error or ""))
+        # Counted where the LLMError was met (agent/rerank/window.py), cached lists included.
+        down = self.rerank.analysis.llm_errors > 0
         return "llm_unavailable" if down else "unusable_answer"
 
 
