@@ -122,6 +122,9 @@ class TrainSettings(BaseModel):
     # for sampled-softmax, 256 for gbce (ce uses the whole domain)
     num_negatives: int | None = None
     gbce_t: float = 0.75  # gSASRec's calibration t: 0 = plain BCE, 1 = fully calibrated
+    # gbce's negatives: shared per domain per batch (one product, fast) or drawn per position
+    # as gSASRec does (a gather of K vectors per position, ~13x the step cost)
+    gbce_shared: bool = True
     # ce only: the chunked logits' matmuls in bfloat16 (max, exp, sums, gradients in float32),
     # where the CPU has avx512_bf16 (else float32 with a warning). Food-kitchen, one thread: a
     # ce step 1.3x faster (220 -> 171 ms CPU); on a trained model's vectors the loss within

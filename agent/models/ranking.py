@@ -293,6 +293,7 @@ class RankingLoss:
         counts: np.ndarray | None = None,
         num_negatives: int | None = None,
         gbce_t: float = 0.75,
+        gbce_shared: bool = True,
         device: torch.device | str = "cpu",
         generator: torch.Generator | None = None,
         ce_matmul_dtype: torch.dtype | None = None,
@@ -306,6 +307,7 @@ class RankingLoss:
             raise ValueError(f"loss {name} needs num_negatives >= 1, got {self.k}")
         self.generator = generator
         self.gbce_t = gbce_t
+        self.gbce_shared = gbce_shared
         self.ce_matmul_dtype = ce_matmul_dtype
         domains = np.asarray(domain_of, dtype=np.int64)
         self.item_domain = torch.from_numpy(np.maximum(domains, 0)).to(self.device)
@@ -332,7 +334,7 @@ class RankingLoss:
     @property
     def shared(self) -> bool:
         """Whether the batch shares its negatives (per domain) instead of drawing per position."""
-        return self.name in ("sampled-softmax", "gbce")
+        return self.name == "sampled-softmax" or (self.name == "gbce" and self.gbce_shared)
 
     def shared_negatives(self) -> Tensor:
         """(domains, K) negative ids: K draws from Q (or uniform) within each domain."""

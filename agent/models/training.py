@@ -230,6 +230,7 @@ def make_ranking_loss(
         counts=item_counts(targets, inputs, len(catalog)) if chosen == "sampled-softmax" else None,
         num_negatives=t.num_negatives if num_negatives is None else num_negatives,
         gbce_t=t.gbce_t,
+        gbce_shared=t.gbce_shared,
         device=rec.device,
         generator=generator
         or torch.Generator(device=rec.device).manual_seed(rec.settings.seed + 1),

@@ -15,6 +15,7 @@ from agent.models.base import Recommender
 from agent.models.method_settings import MethodSettings
 from agent.models.neural import NeuralRecommender
 from agent.models.registry import build_recommender
+from agent.models.training import make_ranking_loss, training_sequences
 
 
 def configure(settings: Settings, **train: Any) -> Settings:
@@ -51,6 +52,17 @@ def test_sasrec_id_trains_with_every_loss(
     report = model.fit()
     _check_trained(model, slice_data, report.history)
     assert model.config["train"]["loss"] == loss  # recorded in the checkpoint config
+
+
+def test_gbce_draws_per_position_when_not_shared(settings: Settings, slice_data: Dataset) -> None:
+    """``train.gbce_shared=false``: gSASRec's own sampling, K negatives drawn per position."""
+    configured = configure(settings, loss="gbce", num_negatives=32, epochs=4, gbce_shared=False)
+    model = build_recommender("sasrec-id", slice_data, configured)
+    assert isinstance(model, NeuralRecommender)
+    loss = make_ranking_loss(model, *training_sequences(slice_data, max_len=10))
+    assert loss.name == "gbce" and not loss.shared
+    report = model.fit()
+    _check_trained(model, slice_data, report.history)
 
 
 @pytest.mark.parametrize("name", ["sasrec-text", "llm4cdsr", "semacdr"])
