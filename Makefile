@@ -104,8 +104,12 @@ HARD_SAMPLED_SET ?= --set llm.threads=1 --set finetune.threads=1 \
 	--set finetune.shuffle_candidates=false --set finetune.lr=0.0005
 
 # The issue-10 table: retriever alone vs base and LoRA verbalizers (eval/studies/rerank.toml).
+# Its retriever is the bce sasrec-id in a folder of its own (the study file names it).
+RERANK_RETRIEVER := runs/checkpoints/sasrec-id-bce
 finetune-eval: install
-	$(BIN)/recbridge finetune eval --file eval/studies/rerank.toml  # pins train.loss=bce itself
+	test -f $(RERANK_RETRIEVER)/config.json || $(BIN)/recbridge $(FINETUNE_RETRIEVER) \
+		train --model sasrec-id --seed 42 --out $(RERANK_RETRIEVER)
+	$(BIN)/recbridge finetune eval --file eval/studies/rerank.toml
 
 bench-finetune: install
 	$(BIN)/python -m benchmarks.bench_finetune --steps $(or $(STEPS),3) --out runs/bench/finetune.json

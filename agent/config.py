@@ -98,8 +98,9 @@ class StoreSettings(BaseModel):
 
 class TrainSettings(BaseModel):
     # SASRec defaults measured on food-kitchen, 1 shared CPU thread (see agent/models/training.py):
-    # sasrec-id ~9 s/epoch, best valid near epoch 30; sasrec-text ~20-25 s/epoch. lr 2e-3 and
-    # batch 256 were worse per epoch; the valid curve is noisy, hence patience 5.
+    # sasrec-id ~9 s/epoch, best valid near epoch 30 with bce, 3-5 with sampled-softmax;
+    # sasrec-text ~20-25 s/epoch. lr 2e-3 and batch 256 were worse per epoch; the valid curve is
+    # noisy, hence patience 5.
     epochs: int = 40
     batch_size: int = 128
     lr: float = 1e-3
