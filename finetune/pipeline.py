@@ -16,7 +16,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,13 @@ from agent.llm.adapters import CARD_FILE
 from agent.llm.model_files import require_model_dir
 from agent.llm.threads import torch_threads
 from agent.models.base import Recommender
-from agent.models.prepare import is_checkpoint, prepare_model
+from agent.models.prepare import (
+    check_checkpoint_loss,
+    is_checkpoint,
+    prepare_model,
+    read_fit_report,
+    write_fit_report,
+)
 from agent.models.registry import build_recommender
 from agent.prompts import load_template
 from eval.evaluator import make_valid_fn
@@ -79,10 +85,11 @@ def model_sha256(settings: Settings) -> str:
 
 
 def _retriever_summary(model: Recommender, checkpoint: Path) -> dict[str, Any]:
-    report = checkpoint / "fit_report.json"
-    fit = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+    fit = read_fit_report(checkpoint)
     keys = ("epochs", "best_epoch", "best_valid_ndcg10", "seconds")
-    return {"model": model.name, "checkpoint": str(checkpoint)} | {k: fit.get(k) for k in keys}
+    return {"model": model.name, "checkpoint": str(checkpoint)} | {
+        k: getattr(fit, k) if fit is not None else None for k in keys
+    }
 
 
 def holdout_retriever(settings: Settings, data: Dataset) -> tuple[Recommender, Path]:
@@ -93,13 +100,13 @@ def holdout_retriever(settings: Settings, data: Dataset) -> tuple[Recommender, P
     holdout = holdout_dataset(data)
     model = build_recommender(name, holdout, settings)
     if is_checkpoint(out):
+        check_checkpoint_loss(model, out, settings)
         model.load(out)
         log.info("hard recipe: holdout retriever loaded from %s", out)
         return model, out
     log.info("hard recipe: training %s with each train row's last item held out -> %s", name, out)
     report = model.fit(valid_fn=make_valid_fn(data, settings), out=out)
-    fit = asdict(report) | {"checkpoint": str(out)}
-    (out / "fit_report.json").write_text(json.dumps(fit, indent=1, default=str), encoding="utf-8")
+    write_fit_report(out, report, name, settings)
     return model, out
 
 

@@ -108,7 +108,7 @@ def prepare_model(
         return PreparedModel(model, "untrained")
     default = default_checkpoint(settings, name)
     if is_checkpoint(default):
-        _check_loss(model, default, settings)
+        check_checkpoint_loss(model, default, settings)
         model.load(default)
         log.info("%s: loaded checkpoint %s (delete it to train again)", name, default)
         return PreparedModel(model, "checkpoint", default, read_fit_report(default))
@@ -139,9 +139,10 @@ def checkpoint_loss(path: Path) -> str | None:
     return str(train.get("loss", "bce")) if isinstance(train, dict) else None
 
 
-def _check_loss(model: Recommender, path: Path, settings: Settings) -> None:
-    """The default checkpoint stands for the current settings: one trained with another
-    ``train.loss`` would silently score as if it were the model asked for."""
+def check_checkpoint_loss(model: Recommender, path: Path, settings: Settings) -> None:
+    """A checkpoint found where the current settings' model is kept stands for them: one
+    trained with another ``train.loss`` would silently score as if it were the model asked
+    for (ModelNotReady says how to use or replace it)."""
     if not model.uses_train_loss:
         return
     trained = checkpoint_loss(path)

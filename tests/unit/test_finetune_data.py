@@ -187,3 +187,21 @@ def test_hard_recipe_can_keep_the_retrievers_order(slice_data: Dataset, settings
     for ex in examples:
         scores = retriever.score([ex.history], [ex.candidates])[0]
         assert list(scores) == sorted(scores, reverse=True)
+
+
+def test_holdout_retriever_trains_once_then_loads_and_refuses_another_loss(
+    settings: Settings, slice_data: Dataset
+) -> None:
+    from agent.models.prepare import ModelNotReady
+    from finetune.pipeline import _retriever_summary, holdout_retriever
+
+    train = settings.train.model_copy(update={"epochs": 1, "hidden": 16, "max_len": 10})
+    tiny = settings.model_copy(update={"train": train})
+    model, out = holdout_retriever(tiny, slice_data)
+    summary = _retriever_summary(model, out)
+    assert summary["epochs"] == 1 and summary["checkpoint"] == str(out)
+    again, out2 = holdout_retriever(tiny, slice_data)  # loaded, not trained again
+    assert out2 == out and _retriever_summary(again, out2) == summary
+    bce = tiny.model_copy(update={"train": train.model_copy(update={"loss": "bce"})})
+    with pytest.raises(ModelNotReady, match=r"trained with train\.loss=sampled-softmax"):
+        holdout_retriever(bce, slice_data)
