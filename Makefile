@@ -12,7 +12,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: install vllm-env llm-prepare run test test-unit lint bench bench-methods bench-api clean
+.PHONY: install vllm-env llm-prepare run test test-unit lint bench bench-methods bench-api clean \
+	second-stage second-stage-eval
 
 # torch first, pinned: a looser pin pulls a multi-GB CUDA build. --no-compile: Python compiles
 # what a run imports on first use instead of every file of torch and transformers up front.
@@ -110,6 +111,20 @@ finetune-eval: install
 	test -f $(RERANK_RETRIEVER)/config.json || $(BIN)/recbridge $(FINETUNE_RETRIEVER) \
 		train --model sasrec-id --seed 42 --out $(RERANK_RETRIEVER)
 	$(BIN)/recbridge finetune eval --file eval/studies/rerank.toml
+
+# The learned second stage over sasrec-hybrid (issue 17): the items' frozen SmolLM2 states
+# (resumable, ~1 h on one core), the LightGBM ranker without and with LLM features, the
+# correction head; every setting chosen on valid users (sasrec-hybrid and its holdout twin are
+# trained first when missing). Then the study table on all test users.
+second-stage: install llm-prepare
+	$(BIN)/recbridge llm states --backbone smollm2 --threads 1
+	$(BIN)/recbridge ranker train
+	$(BIN)/recbridge --set ranker.name=smollm2 ranker train --llm-states smollm2
+	$(BIN)/recbridge ranker head --llm-states smollm2
+
+second-stage-eval: install
+	$(BIN)/recbridge headroom --model sasrec-hybrid
+	$(BIN)/recbridge rerank-study eval/studies/second_stage.toml
 
 bench-finetune: install
 	$(BIN)/python -m benchmarks.bench_finetune --steps $(or $(STEPS),3) --out runs/bench/finetune.json

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from agent.cli.common import console, state, user_errors
+from agent.cli.common import UserError, console, state, user_errors
 from agent.config import DataSettings
 from agent.data.loader import detect_format, load_dataset
 from agent.data.schema import SPLITS, Dataset
@@ -213,9 +213,33 @@ def validate_command(
     console.print(f"[green]OK[/green] {summary}", soft_wrap=True)
 
 
+def reslice_command(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Folder for the new data set (shared format).")],
+    path: PathArg = None,
+    valid: Annotated[int, typer.Option(min=1, help="New valid users.")] = 960,
+    test: Annotated[int, typer.Option(min=1, help="New test users.")] = 937,
+    seed: Annotated[int, typer.Option(help="Which train users are drawn.")] = 7,
+) -> None:
+    """A second data set: new valid and test users drawn from the train rows (the original
+    held-out users left out); train every model on it anew."""
+    from agent.data.reslice import reslice, write_shared
+
+    with user_errors():
+        settings = _data_settings(ctx, path, None, False, None)
+        try:
+            data = reslice(load_dataset(settings), valid=valid, test=test, seed=seed)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        write_shared(data, out)
+    rows = ", ".join(f"{s} {_n(len(data.split(s)))}" for s in SPLITS)
+    console.print(f"{out}: {_n(len(data.items))} items, rows {rows}", soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
     data_app = typer.Typer(help="Describe and check data sets.", no_args_is_help=True)
     data_app.command("stats")(stats_command)
     data_app.command("validate")(validate_command)
+    data_app.command("reslice")(reslice_command)
     app.add_typer(data_app, name="data")

@@ -176,3 +176,36 @@ def generate(
             result.finish_reason,
             "" if not req.json_schema else f", schema enforced={result.schema_enforced}",
         )
+
+
+@llm_app.command("states")
+def states(
+    ctx: typer.Context,
+    backbone: Annotated[str, typer.Option(help="LLM whose states are cached.")] = "smollm2",
+    max_tokens: Annotated[
+        int, typer.Option(min=4, help="Tokens read per item.")
+    ] = 24,  # MAX_TOKENS
+    batch: Annotated[int, typer.Option(min=1, help="Items per forward pass.")] = 32,
+    threads: Annotated[int, typer.Option(min=0, help="torch threads (0: default).")] = 1,
+    chunk: Annotated[int, typer.Option(min=1, help="Items per part file (resume unit).")] = 512,
+    data: Annotated[Path | None, typer.Option(help="Data folder (data.path).")] = None,
+) -> None:
+    """Cache every item's pooled top-layer LLM state (resumable; features for the ranker)."""
+    from agent.data.loader import load_dataset
+    from agent.items.llm_states import StatesError, compute_item_states
+
+    with _llm_errors():
+        try:
+            settings = state(ctx).settings(**({"data.path": data} if data else {}))
+            folder = compute_item_states(
+                load_dataset(settings.data),
+                settings,
+                backbone,
+                max_tokens=max_tokens,
+                batch=batch,
+                threads=threads,
+                chunk=chunk,
+            )
+        except StatesError as exc:
+            raise UserError(str(exc)) from None
+    console.print(f"LLM item states ({backbone}) in {folder}")

@@ -24,9 +24,12 @@ from agent.cli.eval_cmd import EVAL_ERRORS, LLM_ERRORS, llm_backend_kind, rerank
 from agent.cli.recommend_cmd import render_recommendation
 from agent.config import Settings
 from agent.data.stats import compute_stats
+from agent.items.llm_states import StatesError
 from agent.llm.adapters import best_rerank_adapter
 from agent.models.base import Recommender
 from agent.pipeline.build import TwoStageSpec
+from agent.rerank.head import HeadError
+from agent.rerank.ranker import RankerError
 from agent.service import SERVICE_ERRORS, PipelineSpec, RecBridgeService
 from eval.compare import (
     Comparison,
@@ -38,6 +41,7 @@ from eval.compare import (
 )
 from eval.evaluator import RankingEvaluator, make_valid_fn
 from eval.report import print_table, write_report
+from eval.second_stage import best_stage, evaluate_stage
 from eval.study.training import ProcessJob
 from eval.two_stage import cost_markdown, cost_table, evaluate_two_stage, extra_info
 
@@ -51,6 +55,7 @@ DEFAULT_RERANK_USERS = 10
 EXAMPLE_TOP = 10
 PREPARE_ERRORS: tuple[type[Exception], ...] = (*EVAL_ERRORS, *SERVICE_ERRORS, TrainingFailed)
 RERANK_ERRORS: tuple[type[Exception], ...] = (*LLM_ERRORS, *SERVICE_ERRORS)
+SECOND_STAGE_ERRORS: tuple[type[Exception], ...] = (RankerError, HeadError, StatesError)
 
 
 def register(app: typer.Typer) -> None:
@@ -127,6 +132,10 @@ def run(
     for name, model in comparison.models.items():
         service.add_retriever(name, model)  # trained or loaded once, by the comparison
     try:
+        second_stage_row(comparison, settings)
+    except SECOND_STAGE_ERRORS as exc:
+        raise UserError(str(exc)) from None
+    try:
         if not specs:
             show_example(service, comparison)
         else:
@@ -138,6 +147,36 @@ def run(
     finally:
         service.close_caches()
     log.info("done in %.0f s", time.perf_counter() - started)
+
+
+def second_stage_row(comparison: Comparison, settings: Settings) -> None:
+    """The best trained second stage (on valid users) over its retriever, on the main table's
+    users, printed beside the retriever's row; one line on how to train one when none is."""
+    best = _best_trained(comparison)
+    if best is None:
+        return
+    name, retriever = best
+    stage = best_stage(settings, name)
+    if stage is None:
+        log.info(
+            "no trained second stage over %s in %s: `make second-stage` trains the learned "
+            "ranker (and its LLM-feature variants), then `make run` adds its row",
+            name,
+            settings.work_dir / "rankers",
+        )
+        return
+    log.info(
+        "second stage: %s (valid NDCG@10 %.4f, the best trained)", stage.label, stage.valid_ndcg10
+    )
+    baseline = next(r for r in comparison.results if r.model == name)
+    row = evaluate_stage(comparison.evaluator, retriever, baseline, stage, settings)
+    print_table([baseline, row.result], comparison.evaluator.ks, console)
+    mean, lo, hi = row.delta
+    console.print(
+        f"{row.stage.label} vs {name}: NDCG@10 {row.result.primary:.4f} vs {baseline.primary:.4f} "
+        f"({row.result.primary / max(baseline.primary, 1e-12):.3f}x), paired Δ {mean:+.4f} "
+        f"[{lo:+.4f}, {hi:+.4f}], {row.ms_per_user:.1f} ms/user, no LLM call"
+    )
 
 
 def rerank_sample(

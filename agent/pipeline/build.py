@@ -85,13 +85,17 @@ class TwoStageFactory:
             settings = settings.model_copy(update={"rerank": rerank})
         rerank = settings.rerank
         reranker = make_reranker(
-            spec.reranker, self.backend, settings, use_profile=spec.use_profile
+            spec.reranker,
+            self.backend,
+            settings,
+            use_profile=spec.use_profile,
+            data=retriever.data,
         )
         profiles = self.profile_source(retriever.data) if spec.use_profile else None
         return TwoStageRecommender(
             retriever,
             reranker,
-            top_n=rerank.top_n,
+            top_n=reranker.top_n or rerank.top_n,
             profiles=profiles,
             cache=self.rerank_cache,
             # The reranker cuts the history to its own (possibly the adapter's) length.

@@ -188,7 +188,7 @@ class TwoStageRecommender(Recommender):
                 if self.cache is not None:
                     self.cache.put_many([(keys[i], r) for i, r in zip(todo, fresh, strict=True)])
         finally:
-            await self.reranker.backend.aclose()  # async clients belong to this event loop
+            await self.reranker.aclose()  # async clients belong to this event loop
         by_pos = dict(zip(todo, fresh, strict=True))
         results: list[RerankResult] = []
         for pos, hit in enumerate(found):

@@ -179,9 +179,24 @@ class Reranker(ABC):
     """Reorders each user's candidates with the LLM. Implement ``arerank_batch``."""
 
     name: str = "base"
+    # The list length a trained second stage learned on (it reorders that many); None: the
+    # caller's rerank.top_n.
+    top_n: int | None = None
 
-    def __init__(self, backend: LLMBackend) -> None:
-        self.backend = backend
+    def __init__(self, backend: LLMBackend | None) -> None:
+        self._backend = backend
+
+    @property
+    def backend(self) -> LLMBackend:
+        """The LLM this reranker asks (a learned ranker without LLM calls has none)."""
+        if self._backend is None:
+            raise RuntimeError(f"the {self.name} reranker has no LLM backend")
+        return self._backend
+
+    async def aclose(self) -> None:
+        """Close the backend's async clients (they belong to the running event loop)."""
+        if self._backend is not None:
+            await self._backend.aclose()
 
     @abstractmethod
     async def arerank_batch(self, requests: Sequence[RerankRequest]) -> list[RerankResult]:
@@ -198,7 +213,7 @@ class Reranker(ABC):
                 return await self.arerank_batch(requests)
             finally:
                 # Async HTTP clients belong to the loop that made them; this loop ends here.
-                await self.backend.aclose()
+                await self.aclose()
 
         return asyncio.run(run())
 

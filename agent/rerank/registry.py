@@ -6,12 +6,15 @@ import logging
 from typing import Any, Literal, get_args
 
 from agent.config import RerankSettings, Settings
+from agent.data.schema import Dataset
 from agent.llm.adapters import adapter_prompt
 from agent.llm.backend import LLMBackend
 from agent.prompts import load_template
 from agent.rerank.base import Reranker
 from agent.rerank.bootstrap import BootstrapReranker
+from agent.rerank.head import load_head_reranker
 from agent.rerank.listwise import ListwiseReranker
+from agent.rerank.ranker import load_ranker
 from agent.rerank.verbalizer import VerbalizerReranker
 
 log = logging.getLogger(__name__)
@@ -19,8 +22,12 @@ log = logging.getLogger(__name__)
 # Rerank settings that shape the prompt; an adapter's card records them (finetune/pipeline.py).
 _PROMPT_KEYS = ("history_items", "title_chars", "one_shot", "listwise_labels")
 
-RerankerName = Literal["listwise", "verbalizer"]
+# listwise and verbalizer ask the LLM; ranker is the learned second stage (LightGBM over
+# retriever, text, co-visitation and, when trained with them, frozen LLM-state features).
+RerankerName = Literal["listwise", "verbalizer", "ranker", "head"]
 RERANKERS: tuple[str, ...] = get_args(RerankerName)
+# Trained second stages that read cached features and never call the LLM.
+LEARNED_RERANKERS: tuple[str, ...] = ("ranker", "head")
 
 
 def with_adapter_prompt(settings: Settings, rerank: RerankSettings) -> RerankSettings:
@@ -36,15 +43,17 @@ def with_adapter_prompt(settings: Settings, rerank: RerankSettings) -> RerankSet
 
 def make_reranker(
     name: str,
-    backend: LLMBackend,
+    backend: LLMBackend | None,
     settings: Settings | RerankSettings,
     *,
     use_profile: bool | None = None,
     shuffles: int | None = None,
     seed: int | None = None,
+    data: Dataset | None = None,
 ) -> Reranker:
     """The reranker ``name`` over ``backend``; keyword arguments override the settings.
 
+    ``ranker`` needs the full ``Settings`` (its folder) and ``data`` (its features).
     ``shuffles > 0`` wraps it in ``BootstrapReranker`` (seeded by ``seed``, default the
     settings' seed, else 42).
     """
@@ -62,6 +71,14 @@ def make_reranker(
         "adapter": rerank.adapter,
     }
     reranker: Reranker
+    if name in LEARNED_RERANKERS:
+        if not isinstance(settings, Settings) or data is None:
+            raise ValueError(f"the {name} reranker needs the full settings and the dataset")
+        if name == "head":
+            return load_head_reranker(settings.head_dir, backend, data, settings)
+        return load_ranker(settings.ranker_dir, backend, data, settings)
+    if backend is None:
+        raise ValueError(f"the {name} reranker needs an LLM backend")
     if name == "listwise":
         reranker = ListwiseReranker(
             backend,

@@ -48,7 +48,7 @@ from agent.pipeline.two_stage import TwoStageRecommender
 from agent.profiles.cache import ProfileCache
 from agent.profiles.schema import ProfileTree
 from agent.rerank.base import Reranker
-from agent.rerank.registry import make_reranker
+from agent.rerank.registry import LEARNED_RERANKERS, make_reranker
 from agent.service.errors import BadRequest, NotFound, TooLarge, Unavailable
 from agent.service.llm import BackendKind, ensure_llm_model, open_backend
 from agent.service.messages import looks_like_id
@@ -274,8 +274,10 @@ class RecBridgeService:
     def reranker(self, name: str, use_profile: bool) -> Reranker:
         key = (name, use_profile)
         if key not in self._rerankers:
+            # The learned ranker asks no LLM: a +ranker pipeline never loads one.
+            backend = None if name in LEARNED_RERANKERS else self.backend
             self._rerankers[key] = make_reranker(
-                name, self.backend, self.settings, use_profile=use_profile
+                name, backend, self.settings, use_profile=use_profile, data=self.data
             )
         return self._rerankers[key]
 
@@ -509,14 +511,16 @@ class RecBridgeService:
         retriever = self._retrievers.get(spec.retriever)
         if retriever is None:  # not preloaded: loading (or training) it blocks, off the loop
             retriever = await asyncio.to_thread(self.retriever, spec.retriever)
+        reranker = self.reranker(spec.reranker, spec.use_profile) if spec.reranker else None
         if top_n is None:
-            top_n = rerank.top_n if spec.reranker else top_k
+            top_n = (reranker.top_n or rerank.top_n) if reranker is not None else top_k
         options = RecommendOptions(
             user_id=user_id,
             domain=domain,
             top_n=top_n,
             top_k=top_k,
-            history_items=rerank.history_items,
+            # A learned ranker reads a longer history than the LLM prompts show.
+            history_items=max(rerank.history_items, getattr(reranker, "history_items", 0)),
             seed=self.settings.seed,
             fusion_weight=rerank.fusion_weight,
             candidates=candidates,
@@ -526,7 +530,7 @@ class RecBridgeService:
             self.data,
             retriever,
             history,
-            reranker=self.reranker(spec.reranker, spec.use_profile) if spec.reranker else None,
+            reranker=reranker,
             profiles=self.profiles if spec.use_profile else None,
             options=options,
             lock=self._retriever_locks[spec.retriever],

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.models.registry import RECOMMENDERS
-from agent.rerank.registry import RERANKERS
+from agent.rerank.registry import LEARNED_RERANKERS, RERANKERS
 from agent.service.errors import NotFound
 
 PROFILE_SUFFIX = "profile"
@@ -32,7 +32,9 @@ class PipelineSpec:
 
     @property
     def uses_llm(self) -> bool:
-        return self.reranker is not None or self.use_profile
+        # The learned ranker reads cached features, never the LLM.
+        llm_stage = self.reranker is not None and self.reranker not in LEARNED_RERANKERS
+        return llm_stage or self.use_profile
 
     @classmethod
     def parse(cls, name: str, param: str = "model") -> PipelineSpec:

@@ -1,10 +1,12 @@
 """A rerank study's table: per-domain HR@10/NDCG@10, overall NDCG@10, the paired difference
 to the reference row with its 95% bootstrap interval, the same on the users whose target the
-retriever put in its top N (LlamaRec's subset), and each row's LLM cost."""
+retriever put in its top N (LlamaRec's subset), and each row's cost (ms and LLM tokens per
+user); then the paired difference on each user slice (``eval/slices.py``)."""
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,10 @@ def paired_interval(diff: np.ndarray, resamples: int, seed: int) -> tuple[float,
 
 
 def summarize_rows(
-    spec: RerankStudySpec, rows: Sequence[RowResult], retriever_row: str | None = None
+    spec: RerankStudySpec,
+    rows: Sequence[RowResult],
+    retriever_row: str | None = None,
+    slices: dict[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
     """One dict per row with every figure of the table (also written as JSON)."""
     by_name = {r.name: r for r in rows}
@@ -72,6 +77,21 @@ def summarize_rows(
             if top is not None and top.any():
                 m2, l2, h2 = paired_interval(diff[top], spec.bootstrap, spec.seed)
                 entry["top_n_delta_ndcg@10"] = {"mean": m2, "lo": l2, "hi": h2}
+            entry["slices"] = {
+                name: {
+                    "users": int(mask.sum()),
+                    "ndcg@10": float(ndcg[mask].mean()),
+                    "delta_ndcg@10": dict(
+                        zip(
+                            ("mean", "lo", "hi"),
+                            paired_interval(diff[mask], spec.bootstrap, spec.seed),
+                            strict=True,
+                        )
+                    ),
+                }
+                for name, mask in (slices or {}).items()
+                if mask.any()
+            }
             entry["moved"] = {
                 "up": int((np.asarray(row.ranks) < np.asarray(ref.ranks)).sum()),
                 "down": int((np.asarray(row.ranks) > np.asarray(ref.ranks)).sum()),
@@ -97,7 +117,8 @@ def markdown(spec: RerankStudySpec, summary: Sequence[dict[str, Any]]) -> str:
         f"top-{spec.top_n} users NDCG@10",
         f"Δ on top-{spec.top_n} users",
         "fusion w",
-        "s/user",
+        "ms/user",
+        "LLM tokens/user",
         "fallback",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -114,10 +135,12 @@ def markdown(spec: RerankStudySpec, summary: Sequence[dict[str, Any]]) -> str:
             f"{s.get('top_n_ndcg@10', float('nan')):.4f}",
             _delta(s.get("top_n_delta_ndcg@10")),
             f"{fusion['weight']:.1f}" if "weight" in fusion else "",
-            f"{stats['rerank_s_per_user']:.2f}" if stats else "",
+            f"{1000 * stats['rerank_s_per_user']:.1f}" if stats else "",
+            f"{stats.get('tokens_per_user', math.nan):.0f}" if stats else "",
             f"{stats['fallback_rate']:.3f}" if stats else "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _slice_lines(summary)
     users = summary[0]["users"] if summary else 0
     top = summary[0].get("top_n_users", 0) if summary else 0
     intro = (
@@ -128,10 +151,32 @@ def markdown(spec: RerankStudySpec, summary: Sequence[dict[str, Any]]) -> str:
     return intro + "\n".join(lines) + "\n"
 
 
+def _slice_lines(summary: Sequence[dict[str, Any]]) -> list[str]:
+    """Per slice: users, and each compared row's NDCG@10 and paired Δ to its reference."""
+    compared = [s for s in summary if s.get("slices")]
+    if not compared:
+        return []
+    names = list(compared[0]["slices"])
+    head = ["row (vs)", *(f"{n} ({compared[0]['slices'][n]['users']})" for n in names)]
+    lines = ["", "Per slice: NDCG@10, then Δ vs the reference row [95% CI]:", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in compared:
+        cells = [f"`{s['row']}` ({s['vs']})"]
+        for n in names:
+            cell = s["slices"].get(n)
+            cells.append(f"{cell['ndcg@10']:.4f}, {_delta(cell['delta_ndcg@10'])}" if cell else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_report(
-    root: Path, spec: RerankStudySpec, rows: Sequence[RowResult], extra: dict[str, Any]
+    root: Path,
+    spec: RerankStudySpec,
+    rows: Sequence[RowResult],
+    extra: dict[str, Any],
+    slices: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    summary = summarize_rows(spec, rows)
+    summary = summarize_rows(spec, rows, slices=slices)
     root.mkdir(parents=True, exist_ok=True)
     (root / "study.json").write_text(
         json.dumps({"spec": spec.model_dump(mode="json"), "rows": summary, **extra}, indent=1),

@@ -33,7 +33,9 @@ from agent.pipeline.rerank_cache import RerankCache
 from agent.pipeline.two_stage import TwoStageRecommender
 from agent.profiles.cache import ProfileCache
 from agent.rerank.fusion import choose_fusion_weight
-from agent.rerank.registry import make_reranker
+from agent.rerank.head import WEIGHTS_FILE
+from agent.rerank.ranker import MODEL_FILE, LearnedRanker
+from agent.rerank.registry import LEARNED_RERANKERS, make_reranker
 from eval.evaluator import EvalResult, RankingEvaluator
 from eval.metrics import per_user_metrics
 from eval.rerank_study.spec import RerankRow, RerankStudySpec, row_settings
@@ -65,6 +67,17 @@ class RowResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": ROW_VERSION, **self.__dict__}
+
+
+def _file_sha(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+
+def _learned_sha(reranker: str, settings: Settings) -> str | None:
+    """The trained weights a learned row serves (its rows are redone when they change)."""
+    if reranker == "head":
+        return _file_sha(settings.head_dir / WEIGHTS_FILE)
+    return _file_sha(settings.ranker_dir / MODEL_FILE)
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -133,6 +146,8 @@ class RerankStudy:
         adapters = discover_adapters(settings)
         name = row.adapter_name
         weights = adapter_fingerprint(adapters[name]) if name and name in adapters else None
+        if row.reranker in LEARNED_RERANKERS:
+            weights = _learned_sha(row.reranker, settings)
         return _fingerprint(
             ROW_VERSION,
             row.model_dump(),
@@ -147,6 +162,17 @@ class RerankStudy:
         self, row: RerankRow, settings: Settings, cache: RerankCache, profiles: ProfileCache
     ) -> TwoStageRecommender:
         assert row.reranker is not None
+        if row.reranker in LEARNED_RERANKERS:
+            learned = make_reranker(row.reranker, None, settings, data=self.data)
+            return TwoStageRecommender(
+                self.retriever,
+                learned,
+                # the list length it was trained on (its card), which may exceed the study's
+                top_n=learned.top_n or settings.rerank.top_n,
+                cache=None,
+                history_items=LearnedRanker.history_items,
+                describe={"weights": _learned_sha(row.reranker, settings)},
+            )
         backend = self.backend(settings)
         name = row.adapter_name
         if name and name not in discover_adapters(settings):
@@ -272,6 +298,7 @@ def run_study(
     from eval.rerank_study.report import write_report
     from eval.rerank_study.spec import RerankStudyError, load_rerank_study
     from eval.runinfo import run_info
+    from eval.slices import user_slices
 
     spec = load_rerank_study(file)
     unknown = [n for n in only if n not in {r.name for r in spec.rows}]
@@ -286,5 +313,8 @@ def run_study(
         base_set=base_set,
     )
     results = study.run(only)
-    path = write_report(study.root, spec, results, {"run": run_info(), "file": str(file)})
+    slices = user_slices(study.data, study.test.users)
+    path = write_report(
+        study.root, spec, results, {"run": run_info(), "file": str(file)}, slices=slices
+    )
     return path, results
