@@ -121,6 +121,7 @@ second-stage: install llm-prepare
 	$(BIN)/recbridge ranker train
 	$(BIN)/recbridge --set ranker.name=smollm2 ranker train --llm-states smollm2
 	$(BIN)/recbridge ranker head --llm-states smollm2
+	$(BIN)/recbridge ranker head --llm-states minilm
 
 second-stage-eval: install
 	$(BIN)/recbridge headroom --model sasrec-hybrid

@@ -376,8 +376,9 @@ class RankerSettings(BaseModel):
     train_rows: int = Field(default=0, ge=0)  # seeded train rows to draw groups from; 0 = all
     negatives: int = Field(default=999, ge=19)  # the test protocol's uniform negatives
     # Other trained retrievers whose scores of the list are features (an ensemble); each is
-    # retrained with the train rows' last items held out for the training groups.
-    extra_retrievers: list[str] = Field(default_factory=list)
+    # retrained with the train rows' last items held out for the training groups. Valid
+    # NDCG@10 at top 50: 0.3269 without, 0.337 with sasrec-id's scores.
+    extra_retrievers: list[str] = Field(default_factory=lambda: ["sasrec-id"])
     # LLM item states (``recbridge llm states``) as features: a backbone name, or None.
     llm_states: str | None = None
     # The correction head the ``head`` reranker serves; None: <work_dir>/heads/<llm_states>.

@@ -143,7 +143,7 @@ def train_head(
                 optim.zero_grad()
                 loss.backward()  # type: ignore[no-untyped-call]
                 optim.step()
-                total += float(loss) * len(y)
+                total += float(loss.detach()) * len(y)
             head.eval()
             score = _valid_ndcg(head, *args)
             epoch_seconds.append(time.perf_counter() - tick)
@@ -184,6 +184,7 @@ def train_head(
         retriever=cfg.retriever,
         valid={"users": groups.valid_users, "best_ndcg10": best, "curve": curve},
         train=info,
+        extra_retrievers=list(cfg.extra_retrievers),
     )
     save_head(out, head, card)
     log.info("head -> %s: valid NDCG@10 %.4f at epoch %d", out, best, best_epoch)

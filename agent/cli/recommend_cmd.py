@@ -108,7 +108,7 @@ def recommend(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Recommend for a user of the data (--user) or a raw history (--history)."""
-    from agent.rerank.registry import RERANKERS
+    from agent.rerank.registry import LEARNED_RERANKERS, RERANKERS
     from agent.service import SERVICE_ERRORS, PipelineSpec, RecBridgeService
 
     if (user is None) == (history is None):
@@ -139,7 +139,11 @@ def recommend(
             target = found[0].target
         else:
             items = [i.strip() for i in (history or "").split(",") if i.strip()]
-        spec = PipelineSpec(retriever, None if reranker == "none" else reranker, use_profile)
+        # A learned second stage reads no profile and reorders the list length it learned.
+        learned = reranker in LEARNED_RERANKERS
+        spec = PipelineSpec(
+            retriever, None if reranker == "none" else reranker, use_profile and not learned
+        )
         rec = service.run(
             service.arecommendation(
                 spec,
@@ -147,7 +151,7 @@ def recommend(
                 user_id=user,
                 domain=domain,
                 top_k=top_k,
-                top_n=settings.rerank.top_n,
+                top_n=top_n if learned else settings.rerank.top_n,
             )
         )
     except SERVICE_ERRORS as exc:

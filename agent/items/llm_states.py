@@ -40,6 +40,9 @@ POOLING = "mean-last-layer"
 VERSION = 1
 # Backbones by name: the packaged instruction model (``recbridge llm prepare``'s folder).
 BACKBONES = ("smollm2",)
+# Not an LLM: the item text embedder's own vectors in the LLM states' place, so a model over
+# states can be trained without any LLM (the ablation that measures what the LLM adds).
+NO_LLM = "minilm"
 
 
 class StatesError(ValueError):
@@ -184,7 +187,12 @@ def _part(folder: Path, start: int) -> Path:
 
 
 def load_item_states(data: Dataset, settings: Settings, name: str) -> np.ndarray:
-    """(len(catalog) + 1, d) float32, row 0 zeros; raises StatesError when incomplete."""
+    """(len(catalog) + 1, d) float32, row 0 zeros; raises StatesError when incomplete.
+    ``NO_LLM``: the item embeddings (``agent.items.embeddings``) instead."""
+    if name == NO_LLM:
+        from agent.items.embeddings import item_embeddings
+
+        return item_embeddings(data, settings, progress=False)
     folder = states_dir(settings, name)
     meta_path = folder / "meta.json"
     hint = f"run `recbridge llm states --backbone {name}` first"

@@ -235,7 +235,7 @@ class FeatureBuilder:
         for j, col in enumerate(cols):
             out[:, j] = col
         if self.llm is not None:
-            out[:, len(BASE_FEATURES) :] = self.llm_columns(cands, recent)
+            out[:, -len(LLM_FEATURES) :] = self.llm_columns(cands, recent)  # the last columns
         return out
 
     def llm_columns(self, cands: np.ndarray, recent: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from agent.llm.backend import LLMBackend
+from agent.models.base import Recommender
 from agent.rerank.base import Reranker, RerankRequest, RerankResult
 from agent.rerank.features import FeatureBuilder
 
@@ -118,6 +119,7 @@ class HeadCard:
     retriever: str
     valid: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    extra_retrievers: list[str] = field(default_factory=list)  # their scores are features
 
 
 def save_head(folder: Path, head: CorrectionHead, card: HeadCard) -> Path:
@@ -179,6 +181,7 @@ class HeadReranker(Reranker):
         card: HeadCard,
         *,
         folder: Path | None = None,
+        extra: Sequence[Recommender] = (),
     ) -> None:
         super().__init__(backend)
         if builder.names != card.features:
@@ -190,6 +193,7 @@ class HeadReranker(Reranker):
         self.head = head
         self.card = card
         self.folder = folder
+        self.extra = list(extra)
         self.top_n = card.top_n
         self.mean = np.asarray(card.mean, dtype=np.float32)
         self.std = np.asarray(card.std, dtype=np.float32)
@@ -201,7 +205,8 @@ class HeadReranker(Reranker):
         started = time.perf_counter()
         ids = request.candidate_ids
         scores = [c.score for c in request.candidates]
-        feats = self.builder.group(request.history_ids, ids, scores)
+        extra = [np.asarray(m.score([request.history_ids], [ids])[0]) for m in self.extra]
+        feats = self.builder.group(request.history_ids, ids, scores, extra)
         index = self.builder.data.catalog.index
         batch = HeadBatch(
             np.asarray([scores], dtype=np.float64),
@@ -240,9 +245,11 @@ def load_head_reranker(
     folder: Path, backend: LLMBackend | None, data: Any, settings: Any
 ) -> HeadReranker:
     from agent.items.llm_states import load_item_states
+    from agent.models.prepare import prepare_model
     from agent.rerank.ranker import feature_builder_for
 
     head, card = read_head(folder)
-    builder = feature_builder_for(data, settings, card.llm_states)
+    builder = feature_builder_for(data, settings, card.llm_states, card.extra_retrievers)
     states = load_item_states(data, settings, card.llm_states)
-    return HeadReranker(backend, builder, states, head, card, folder=folder)
+    extra = [prepare_model(n, data, settings).model for n in card.extra_retrievers]
+    return HeadReranker(backend, builder, states, head, card, folder=folder, extra=extra)

@@ -93,14 +93,21 @@ def _toy() -> tuple[Dataset, np.ndarray, np.ndarray]:
     return data, emb, states
 
 
-def test_group_llm_columns_match_the_serving_features() -> None:
+@pytest.mark.parametrize("extra", [(), ("other",)])
+def test_group_llm_columns_match_the_serving_features(extra: tuple[str, ...]) -> None:
+    """Training appends the LLM columns to cached groups; serving computes them in place:
+    the same values, with or without another retriever's columns between."""
     data, emb, states = _toy()
-    plain = FeatureBuilder(data, ItemStats.from_train(data), emb)
-    with_llm = FeatureBuilder(data, ItemStats.from_train(data), emb, states)
+    plain = FeatureBuilder(data, ItemStats.from_train(data), emb, extra=extra)
+    with_llm = FeatureBuilder(data, ItemStats.from_train(data), emb, states, extra=extra)
+    scores = [[np.asarray([0.3, 0.1, 0.2])]] if extra else None
     args = (["u"], [["f0", "f1", "f2"]], [["f3", "f4", "f5"]], [[3.0, 2.0, 1.0]], ["f4"])
-    appended = make_groups(plain, *args).with_llm_columns(with_llm)
-    direct = make_groups(with_llm, *args)
-    assert with_llm.names == [*BASE_FEATURES, *LLM_FEATURES]
+    appended = make_groups(plain, *args, scores).with_llm_columns(with_llm)
+    direct = make_groups(with_llm, *args, scores)
+    assert (
+        with_llm.names[-2:] == list(LLM_FEATURES)
+        and len(with_llm.names) == len(BASE_FEATURES) + 3 * len(extra) + 2
+    )
     np.testing.assert_allclose(appended.features, direct.features, rtol=1e-6)
 
 
