@@ -34,6 +34,7 @@ from agent.data.loader import load_dataset
 from agent.data.schema import Dataset, UserSequence
 from agent.items.embedder import Embedder, make_embedder
 from agent.items.embeddings import item_embeddings
+from agent.items.llm_states import StatesError
 from agent.llm.backend import LLMBackend
 from agent.llm.local_backend import LocalBackend
 from agent.llm.model_files import ModelFilesError
@@ -48,6 +49,8 @@ from agent.pipeline.two_stage import TwoStageRecommender
 from agent.profiles.cache import ProfileCache
 from agent.profiles.schema import ProfileTree
 from agent.rerank.base import Reranker
+from agent.rerank.head import HeadError
+from agent.rerank.ranker import RankerError
 from agent.rerank.registry import LEARNED_RERANKERS, make_reranker
 from agent.service.errors import BadRequest, NotFound, TooLarge, Unavailable
 from agent.service.llm import BackendKind, ensure_llm_model, open_backend
@@ -170,7 +173,9 @@ class RecBridgeService:
         for name, spec in list(self.pipelines.items()):
             try:
                 self.retriever(spec.retriever)
-            except ModelNotReady as exc:
+                if spec.reranker in LEARNED_RERANKERS:
+                    self.reranker(spec.reranker, spec.use_profile)  # trained? its files read?
+            except (ModelNotReady, RankerError, HeadError, StatesError) as exc:
                 if name == self.default_pipeline:
                     raise
                 log.warning("pipeline %s is unavailable: %s", name, exc)

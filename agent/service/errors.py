@@ -6,12 +6,15 @@ from __future__ import annotations
 from agent.config import ConfigError
 from agent.data.schema import DataError
 from agent.items.embedder import EmbeddingError
+from agent.items.llm_states import StatesError
 from agent.llm.backend import LLMError
 from agent.llm.model_files import ModelFilesError
 from agent.models.prepare import ModelNotReady
 from agent.models.registry import UnknownModelError
 from agent.pipeline.recommend import RecommendError
 from agent.prompts import PromptError
+from agent.rerank.head import HeadError
+from agent.rerank.ranker import RankerError
 from agent.store.chroma_store import StoreError
 
 
@@ -63,5 +66,8 @@ SERVICE_ERRORS: tuple[type[Exception], ...] = (
     RecommendError,
     StoreError,
     UnknownModelError,
+    RankerError,  # a learned second stage not trained (or its files unreadable)
+    HeadError,
+    StatesError,
     FileNotFoundError,
 )
