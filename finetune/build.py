@@ -46,12 +46,14 @@ def usable_rows(data: Dataset) -> list[UserSequence]:
     return [u for u in data.split("train") if len(u.items) >= 2]
 
 
-def _domain_pools(data: Dataset) -> dict[str, list[str]]:
+def domain_pools(data: Dataset) -> dict[str, list[str]]:
     ids = data.catalog.ids
     return {d: [ids[i - 1] for i in data.catalog.domain_items(d)] for d in data.domains}
 
 
-def _negatives(pool: Sequence[str], exclude: set[str], count: int, rng: random.Random) -> list[str]:
+def sample_negatives(
+    pool: Sequence[str], exclude: set[str], count: int, rng: random.Random
+) -> list[str]:
     if len(pool) - len(exclude & set(pool)) < count:
         raise ValueError(f"a domain of {len(pool)} items cannot give {count} negatives")
     picked: list[str] = []
@@ -71,14 +73,14 @@ def build_random(
     rng = random.Random(seed)
     rows = usable_rows(data)
     want_rows = min(len(rows), -(-max_examples // per_user))
-    pools = _domain_pools(data)
+    pools = domain_pools(data)
     out: list[RerankExample] = []
     for row in rng.sample(rows, want_rows):
         cuts = rng.sample(range(1, len(row.items)), min(per_user, len(row.items) - 1))
         for cut in sorted(cuts):
             target = row.items[cut]
             domain = data.items[target].domain
-            negs = _negatives(pools[domain], set(row.items), candidates - 1, rng)
+            negs = sample_negatives(pools[domain], set(row.items), candidates - 1, rng)
             shown = [*negs, target]
             rng.shuffle(shown)
             out.append(
@@ -129,7 +131,7 @@ def build_hard(
     rows = usable_rows(data)
     sampled = negatives is not None
     picked = rng.sample(rows, len(rows) if sampled else min(len(rows), max_examples))
-    pools = _domain_pools(data)
+    pools = domain_pools(data)
     recipe: Recipe = "hard-sampled" if sampled else "hard"
     out: list[RerankExample] = []
     skipped = 0
@@ -148,7 +150,7 @@ def build_hard(
             else:
                 count = min(negatives, len(pools[domain]) - len(set(row.items)))
                 lists.append(
-                    [row.items[-1], *_negatives(pools[domain], set(row.items), count, rng)]
+                    [row.items[-1], *sample_negatives(pools[domain], set(row.items), count, rng)]
                 )
         scores = retriever.score(histories, lists)
         for row, history, pool, score in zip(chunk, histories, lists, scores, strict=True):

@@ -42,7 +42,7 @@ from agent.rerank.features import FeatureBuilder, ItemStats
 from agent.rerank.ranker import RankerCard, RankerGroups, make_groups, save_ranker
 from eval.candidates import get_candidates
 from eval.evaluator import make_valid_fn
-from finetune.build import _domain_pools, _negatives, holdout_dataset
+from finetune.build import domain_pools, holdout_dataset, sample_negatives
 from finetune.pipeline import holdout_retriever
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def train_groups(
     rng.shuffle(rows)
     if max_rows:
         rows = rows[:max_rows]
-    pools = _domain_pools(data)
+    pools = domain_pools(data)
     parts: list[RankerGroups] = []
     kept = skipped = 0
     for start in tqdm(range(0, len(rows), SCORE_BATCH), desc="ranker train groups", unit="batch"):
@@ -118,7 +118,7 @@ def train_groups(
         for row, target in zip(chunk, targets, strict=True):
             pool = pools[data.items[target].domain]
             count = min(negatives, len(pool) - len(set(row.items)))
-            lists.append([target, *_negatives(pool, set(row.items), count, rng)])
+            lists.append([target, *sample_negatives(pool, set(row.items), count, rng)])
         shown, values = _top(retriever, histories, lists, top, seed + start)
         keep = [i for i, (s, t) in enumerate(zip(shown, targets, strict=True)) if t in s]
         skipped += len(chunk) - len(keep)

@@ -36,6 +36,7 @@ from agent.llm.backend import LLMBackend
 from agent.models.base import Recommender
 from agent.rerank.base import Reranker, RerankRequest, RerankResult
 from agent.rerank.features import FeatureBuilder
+from agent.rerank.ranker import request_features, scored_result
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +205,10 @@ class HeadReranker(Reranker):
     def _one(self, request: RerankRequest) -> RerankResult:
         started = time.perf_counter()
         ids = request.candidate_ids
-        scores = [c.score for c in request.candidates]
-        extra = [np.asarray(m.score([request.history_ids], [ids])[0]) for m in self.extra]
-        feats = self.builder.group(request.history_ids, ids, scores, extra)
+        feats = request_features(self.builder, request, self.extra)
         index = self.builder.data.catalog.index
         batch = HeadBatch(
-            np.asarray([scores], dtype=np.float64),
+            np.asarray([[c.score for c in request.candidates]], dtype=np.float64),
             feats,
             np.asarray([index.get(i, 0) for i in ids]),
             [self.builder.recent_ids(request.history_ids)],
@@ -219,18 +218,7 @@ class HeadReranker(Reranker):
         )
         with torch.inference_mode():
             logits = offset_logits(batch.scores, self.card.tau, batch.corrections(self.head))[0]
-        values = {iid: float(v) for iid, v in zip(ids, logits.tolist(), strict=True)}
-        position = {iid: pos for pos, iid in enumerate(ids)}
-        ranking = sorted(ids, key=lambda i: (-values[i], position[i]))
-        wall = time.perf_counter() - started
-        return RerankResult(
-            user_id=request.user_id,
-            reranker=self.name,
-            ranking=ranking,
-            scores=values,
-            wall_s=wall,
-            latency_s=wall,
-        )
+        return scored_result(request, self.name, logits.tolist(), started)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -227,6 +227,33 @@ def predict(booster: Any, features: np.ndarray) -> np.ndarray:
     return np.asarray(booster.predict(features, num_threads=1), dtype=np.float64)
 
 
+def request_features(
+    builder: FeatureBuilder, request: RerankRequest, extra: Sequence[Recommender]
+) -> np.ndarray:
+    """The feature matrix of one request's list (the extra retrievers score it here)."""
+    ids, history = request.candidate_ids, request.history_ids
+    others = [np.asarray(m.score([history], [ids])[0]) for m in extra]
+    return builder.group(history, ids, [c.score for c in request.candidates], others)
+
+
+def scored_result(
+    request: RerankRequest, name: str, values: Sequence[float], started: float
+) -> RerankResult:
+    """The list ordered by ``values`` (ties keep the retrieval order), timed from ``started``."""
+    ids = request.candidate_ids
+    position = {iid: pos for pos, iid in enumerate(ids)}
+    scores = {iid: float(v) for iid, v in zip(ids, values, strict=True)}
+    wall = time.perf_counter() - started
+    return RerankResult(
+        user_id=request.user_id,
+        reranker=name,
+        ranking=sorted(ids, key=lambda i: (-scores[i], position[i])),
+        scores=scores,
+        wall_s=wall,
+        latency_s=wall,
+    )
+
+
 class LearnedRanker(Reranker):
     """Serves a trained ranker (module docstring). It makes no LLM call: ``backend`` may be
     None (the API then never loads an LLM for a ``+ranker`` pipeline)."""
@@ -262,23 +289,8 @@ class LearnedRanker(Reranker):
 
     def _one(self, request: RerankRequest) -> RerankResult:
         started = time.perf_counter()
-        ids = request.candidate_ids
-        history = request.history_ids
-        extra = [np.asarray(m.score([history], [ids])[0]) for m in self.extra]
-        feats = self.builder.group(history, ids, [c.score for c in request.candidates], extra)
-        pred = predict(self.booster, feats)
-        position = {iid: pos for pos, iid in enumerate(ids)}
-        scores = {iid: float(p) for iid, p in zip(ids, pred, strict=True)}
-        ranking = sorted(ids, key=lambda i: (-scores[i], position[i]))
-        wall = time.perf_counter() - started
-        return RerankResult(
-            user_id=request.user_id,
-            reranker=self.name,
-            ranking=ranking,
-            scores=scores,
-            wall_s=wall,
-            latency_s=wall,
-        )
+        feats = request_features(self.builder, request, self.extra)
+        return scored_result(request, self.name, predict(self.booster, feats).tolist(), started)
 
     def describe(self) -> dict[str, Any]:
         return {
