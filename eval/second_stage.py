@@ -18,6 +18,7 @@ import numpy as np
 from agent.config import Settings
 from agent.models.base import Recommender
 from agent.pipeline.two_stage import TwoStageRecommender
+from agent.rerank.features import HISTORY_ITEMS
 from agent.rerank.registry import make_reranker
 from eval.evaluator import EvalResult, RankingEvaluator
 from eval.metrics import per_user_metrics
@@ -99,7 +100,10 @@ def evaluate_stage(
     mine = stage.settings(settings)
     reranker = make_reranker(stage.kind, None, mine, data=retriever.data)
     system = TwoStageRecommender(
-        retriever, reranker, top_n=reranker.top_n or settings.rerank.top_n, history_items=50
+        retriever,
+        reranker,
+        top_n=reranker.top_n or settings.rerank.top_n,
+        history_items=HISTORY_ITEMS,
     )
     result = evaluator(system, name=stage.label)
     if result.user_ids != baseline.user_ids:

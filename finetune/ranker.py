@@ -39,7 +39,7 @@ from agent.models.base import UNKNOWN_ITEM_SCORE, Recommender
 from agent.models.prepare import prepare_model
 from agent.pipeline.retrieve import top_n
 from agent.rerank.features import FeatureBuilder, ItemStats
-from agent.rerank.ranker import RankerCard, RankerGroups, make_groups, save_ranker
+from agent.rerank.ranker import RankerCard, RankerGroups, make_groups, predict, save_ranker
 from eval.candidates import get_candidates
 from eval.evaluator import make_valid_fn
 from finetune.build import domain_pools, holdout_dataset, sample_negatives
@@ -258,7 +258,7 @@ def fit_lightgbm(
                 callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)],
             )
             score = ndcg10(
-                valid, predict_at(booster, valid.features, booster.best_iteration), valid_users
+                valid, predict(booster, valid.features, booster.best_iteration), valid_users
             )
             key = f"leaves={leaves},min_data_in_leaf={min_leaf}"
             tried[key] = {"valid_ndcg10": score, "best_iteration": booster.best_iteration}
@@ -269,12 +269,6 @@ def fit_lightgbm(
                 best = (score, booster, params)
     assert best is not None
     return best[1], best[2], tried
-
-
-def predict_at(booster: Any, features: np.ndarray, iteration: int) -> np.ndarray:
-    if features.shape[0] == 0:
-        return np.zeros(0)
-    return np.asarray(booster.predict(features, num_iteration=iteration or None, num_threads=1))
 
 
 def feature_builder(

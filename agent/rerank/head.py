@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from agent.llm.backend import LLMBackend
 from agent.models.base import Recommender
 from agent.rerank.base import Reranker, RerankRequest, RerankResult
-from agent.rerank.features import FeatureBuilder
+from agent.rerank.features import HISTORY_ITEMS, FeatureBuilder
 from agent.rerank.ranker import request_features, scored_result
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class HeadReranker(Reranker):
     """Serves a trained correction head; no LLM call (the states are cached)."""
 
     name = "head"
-    history_items = 50
+    history_items = HISTORY_ITEMS
 
     def __init__(
         self,

@@ -29,7 +29,7 @@ import numpy as np
 from agent.llm.backend import LLMBackend
 from agent.models.base import Recommender
 from agent.rerank.base import Reranker, RerankRequest, RerankResult
-from agent.rerank.features import FeatureBuilder
+from agent.rerank.features import HISTORY_ITEMS, FeatureBuilder
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +221,12 @@ def load_booster(folder: Path) -> Any:
     return lgb.Booster(model_file=str(folder / MODEL_FILE))
 
 
-def predict(booster: Any, features: np.ndarray) -> np.ndarray:
+def predict(booster: Any, features: np.ndarray, iteration: int | None = None) -> np.ndarray:
+    """The booster's scores (its first ``iteration`` trees; None: all it has)."""
     if features.shape[0] == 0:
         return np.zeros(0)
-    return np.asarray(booster.predict(features, num_threads=1), dtype=np.float64)
+    scores = booster.predict(features, num_iteration=iteration or None, num_threads=1)
+    return np.asarray(scores, dtype=np.float64)
 
 
 def request_features(
@@ -259,7 +261,7 @@ class LearnedRanker(Reranker):
     None (the API then never loads an LLM for a ``+ranker`` pipeline)."""
 
     name = "ranker"
-    history_items = 50  # the features' longest window (features.HISTORY_ITEMS)
+    history_items = HISTORY_ITEMS  # the features' longest window
 
     def __init__(
         self,
