@@ -205,6 +205,12 @@ class ProfileTemplates(BaseModel):
     domain: str = "profile_domain.j2"  # LLM4CDSR "summarizer": group summaries -> domain profile
     cross: str = "profile_cross.j2"  # domain profiles -> one cross-domain profile
     repair: str = "profile_repair.j2"  # the retry after an unparseable profile
+    # profile.mode "grounded": the domain and cross levels given the history's facts (its
+    # groups are summarised by the facts template, no LLM call).
+    domain_grounded: str = "profile_domain_grounded.j2"
+    cross_grounded: str = "profile_cross_grounded.j2"
+    repair_grounded: str = "profile_repair_grounded.j2"
+    facts: str = "profile_facts.j2"  # facts -> readable text, no LLM (fallback, "facts" mode)
 
 
 class NextInterestSettings(BaseModel):
@@ -228,6 +234,12 @@ class NextInterestSettings(BaseModel):
 class ProfileSettings(BaseModel):
     """Hierarchical user profiles (LLM4CDSR): groups -> domain profiles -> cross-domain profile."""
 
+    # "grounded": facts computed from the history (agent/profiles/facts.py) go into every
+    # prompt, constrained decoding allows only their values and evidence ids, the checker
+    # (agent/profiles/check.py) repairs, regenerates or falls back to the facts' text.
+    # "free": the LLM4CDSR prompts alone (the LLM writes from titles). "facts": no LLM at all.
+    mode: Literal["grounded", "free", "facts"] = "grounded"
+
     clusters: int = 10  # k-means over all item embeddings, as in the paper
     titles_per_group: int = 15  # the last N titles of a group go to the analyzer prompt
     # A domain history shorter than this is grouped in recency chunks instead of clusters.
@@ -240,6 +252,10 @@ class ProfileSettings(BaseModel):
     max_list_items: int = 4  # per list field of a profile (schema maxItems)
     summary_max_chars: int = 300  # schema maxLength: a small model otherwise loops in it
     phrase_max_chars: int = 40  # schema maxLength of each preference/dislike/theme
+    # Grounded profiles: a one-sentence summary (schema maxLength) within fewer tokens; the
+    # 135M model otherwise loops in it, and the lists are all enums of the facts.
+    grounded_summary_chars: int = 160
+    grounded_max_tokens: int = 160
     # Send the JSON schema for constrained decoding (vLLM structured outputs; xgrammar in the
     # local backend). Off: free text through repair, retry and the counted fallback.
     constrained: bool = True

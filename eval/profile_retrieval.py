@@ -13,7 +13,11 @@ Query sources (``SOURCES``), the same users for all:
 - ``base``: the base model's next-interest profile (``prompts/profile_next.j2``);
 - ``lora``: the same prompt answered by the profile adapter (``profile.next.adapter``);
 - ``target-rule``: the training rule (``finetune.profile_data``) applied to the held-out target
-  itself: an oracle, the ceiling of the profile format, not a method.
+  itself: an oracle, the ceiling of the profile format, not a method;
+- ``free``, ``grounded``, ``facts``: the hierarchical profile tree written in that
+  ``profile.mode`` (``agent.profiles.profiler``; trees cached in the profile cache, so those of
+  ``recbridge profile`` runs are reused); its target-domain profile is the query, and its
+  faithfulness is checked (``eval.profile_faithfulness``).
 
 A profile's query text is its phrases (``finetune.profile_render.query_text``). An answer that
 does not parse even after JSON repair, or is empty, falls back to the ``titles`` text: counted
@@ -41,18 +45,23 @@ from agent.data.schema import Dataset, Split, UserSequence
 from agent.items.embedder import Embedder, make_embedder
 from agent.llm.adapters import adapter_fingerprint, discover_adapters
 from agent.llm.backend import LLMBackend, LLMError
+from agent.profiles.cache import ProfileCache
+from agent.profiles.check import ProfileChecker
 from agent.profiles.parsing import ParseError
+from agent.profiles.schema import ProfileTree
 from agent.sqlite_store import SQLiteStore
 from agent.store.chroma_store import ItemIndex, make_client
 from eval.evaluator import select_users
 from eval.metrics import bootstrap_intervals
+from eval.profile_faithfulness import TREE_SOURCES, check_tree, summarise
+from eval.profile_faithfulness import query_text as tree_query_text
 from eval.runinfo import run_info
 from finetune.profile_data import TitleRule
 from finetune.profile_render import NextInterestPrompt, parse_next_interest, query_text
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("titles", "base", "lora", "target-rule")
+SOURCES = ("titles", "base", "lora", "target-rule", *TREE_SOURCES)
 LLM_SOURCES = frozenset({"base", "lora"})
 BASELINE = "titles"
 TOP = 50
@@ -122,6 +131,7 @@ class SourceResult:
     cached: int
     llm_seconds: float
     mean_query_chars: float
+    faithfulness: dict[str, Any] | None = None  # profile trees only (eval.profile_faithfulness)
 
 
 @dataclass
@@ -206,6 +216,8 @@ class ProfileRetrieval:
                 )
             self._adapter_fp = adapter_fingerprint(path)
         self.out_root = settings.work_dir / "profile_retrieval"
+        self.trees: dict[str, list[ProfileTree | None]] = {}
+        self._checker: ProfileChecker | None = None
 
     # -- query texts --------------------------------------------------------------------------
 
@@ -302,6 +314,61 @@ class ProfileRetrieval:
                 bar.update(len(chunk))
         return [out[u.user_id] for u in self.users]
 
+    def tree_queries(self, mode: str) -> list[Query]:
+        """Every user's profile tree in ``mode`` (profile cache first), as queries."""
+        from agent.profiles.profiler import HierarchicalProfiler
+
+        profile = self.settings.profile.model_copy(update={"mode": mode})
+        settings = self.settings.model_copy(update={"profile": profile})
+        backend = None if mode == "facts" else self.backend
+        with ProfileCache(settings.profile_cache_dir) as cache:
+            profiler = HierarchicalProfiler(
+                backend, self.data, settings, cache=cache, checker=self.checker
+            )
+            batch = max(1, profile.batch_users)
+            results = []
+            with tqdm(total=len(self.users), desc=f"profiles ({mode})", unit="user") as bar:
+                for start in range(0, len(self.users), batch):
+                    done, _ = profiler.profile_users(self.users[start : start + batch])
+                    results.extend(done)
+                    bar.update(len(done))
+        self.trees[mode] = [r.tree for r in results]
+        out = []
+        for user, result in zip(self.users, results, strict=True):
+            if result.tree is None:  # the LLM failed for this user: titles stand in
+                fallback = self.titles_query(user)
+                out.append(
+                    Query(user.user_id, mode, fallback.text, fallback=True, error=result.error)
+                )
+                continue
+            tree = result.tree
+            out.append(
+                Query(
+                    user.user_id,
+                    mode,
+                    tree_query_text(tree, self._domain(user)),
+                    fallback=tree.call.fallback,
+                    cached=result.cached,
+                    latency_s=tree.seconds,
+                    completion_tokens=tree.completion_tokens,
+                )
+            )
+        return out
+
+    @property
+    def checker(self) -> ProfileChecker:
+        if self._checker is None:
+            self._checker = ProfileChecker(self.data)
+        return self._checker
+
+    def faithfulness(self, source: str) -> dict[str, Any] | None:
+        trees = self.trees.get(source)
+        if trees is None:
+            return None
+        histories = {u.user_id: u.history for u in self.users}
+        checks = [check_tree(t, histories[t.user_id], self.checker) for t in trees if t]
+        return summarise(checks)
+
     def queries(self) -> dict[str, list[Query]]:
         rule = TitleRule.of(self.data) if "target-rule" in self.sources else None
         out: dict[str, list[Query]] = {}
@@ -312,6 +379,8 @@ class ProfileRetrieval:
                 elif source == "target-rule":
                     assert rule is not None
                     out[source] = [self.rule_query(u, rule) for u in self.users]
+                elif source in TREE_SOURCES:
+                    out[source] = self.tree_queries(source)
                 else:
                     out[source] = self.llm_queries(source, cache)
         return out
@@ -371,6 +440,7 @@ class ProfileRetrieval:
                     cached=sum(q.cached for q in qs),
                     llm_seconds=sum(q.latency_s for q in qs if not q.cached),
                     mean_query_chars=float(np.mean([len(q.text) for q in qs])),
+                    faithfulness=self.faithfulness(source),
                 )
             )
         per_user = [
@@ -416,6 +486,10 @@ class ProfileRetrieval:
         )
 
 
+def _pct(share: float | None, of: int) -> str:
+    return "-" if share is None else f"{100 * share:.1f}% of {of}"
+
+
 def _cell(value: dict[str, float]) -> str:
     return f"{value['mean']:.4f} [{value['lo']:.4f}, {value['hi']:.4f}]"
 
@@ -438,6 +512,32 @@ def markdown(report: ProfileRetrievalReport) -> str:
             f"{'-' if same else _cell(row.paired['ndcg@10'])} | "
             f"{'-' if same else _cell(row.paired['hr@50'])} | {row.fallbacks} |"
         )
+    trees = [row for row in report.sources if row.faithfulness is not None]
+    if trees:
+        lines += [
+            "",
+            "Faithfulness of the profile trees (pooled over every profile node):",
+            "",
+            "| profiles | evidence ids valid | attributes supported | contradictions "
+            "| repeated sentences | summaries naming no fact | fallback nodes | LLM calls "
+            "| tokens | s/profile |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in trees:
+            f = row.faithfulness
+            assert f is not None
+            lines.append(
+                f"| {row.source} | {_pct(f['evidence_valid'], f['cited_ids'])} | "
+                f"{_pct(f['attributes_supported'], f['named_attributes'])} | "
+                f"{f['contradictions']} | {f['repeated_sentences']} | "
+                f"{_pct(f['silent_summaries'], f['nodes'])} | "
+                f"{_pct(f['fallback_rate'], f['nodes'])} | {f['llm_calls_per_profile']:.1f} | "
+                f"{f['tokens_per_profile']:.0f} | {f['seconds_per_profile']:.1f} |"
+            )
+        for row in trees:
+            assert row.faithfulness is not None
+            shown = ", ".join(row.faithfulness["unsupported_examples"]) or "none"
+            lines.append(f"- {row.source}: flagged (examples): {shown}")
     lines += ["", "Per domain (mean HR@50 / NDCG@10):", ""]
     for row in report.sources:
         parts = [f"{d}: {m['hr@50']:.3f} / {m['ndcg@10']:.3f}" for d, m in row.per_domain.items()]

@@ -7,7 +7,6 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from html import unescape
 
 from agent.api.schemas import (
     ChatChoice,
@@ -46,9 +45,11 @@ def answer_json(outcome: RecommendOutcome) -> str:
                 {
                     "rank": rank,
                     "item_id": it.item_id,
-                    "title": unescape(it.title),
+                    "title": it.title,
+                    "display_title": it.display_title,
                     "score": it.score,
                     "reason": it.reason,
+                    "because": it.because,
                 }
                 for rank, it in enumerate(outcome.items, start=1)
             ],
@@ -65,11 +66,12 @@ def answer_lines(outcome: RecommendOutcome) -> list[str]:
         f"({outcome.pipeline}):\n"
     ]
     for rank, it in enumerate(outcome.items, start=1):
-        lines.append(f"{rank}. {unescape(it.title)} [{it.item_id}] (score {it.score:.3f})\n")
+        lines.append(f"{rank}. {it.display_title} [{it.item_id}] (score {it.score:.3f})\n")
+        lines.append(f"   Why: {it.reason}\n")
     if not outcome.items:
         lines.append("No items left to recommend.\n")
     if outcome.reason:
-        lines.append(f"Why: {outcome.reason}\n")
+        lines.append(f"The reranker's reason for the list: {outcome.reason}\n")
     if outcome.fallback == "llm_unavailable":
         lines.append("Note: the LLM was unavailable; this is the retriever's order.\n")
     elif outcome.fallback:

@@ -1,15 +1,19 @@
 """``recbridge profile-eval``: profile retrieval (eval/profile_retrieval.py): history titles vs
-the base model's next-interest profile vs the profile adapter's, as Chroma queries."""
+next-interest profiles vs hierarchical profile trees (free, grounded, facts) as Chroma
+queries, and the trees' faithfulness (eval/profile_faithfulness.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from agent.cli.common import UserError, console, handles_user_errors, log, state
+
+if TYPE_CHECKING:
+    from eval.profile_retrieval import SourceResult
 
 
 def register(app: typer.Typer) -> None:
@@ -25,8 +29,12 @@ def profile_eval(
     ),
     split: Annotated[str, typer.Option(help="test or valid.")] = "test",
     sources: Annotated[
-        str, typer.Option(help="Comma-separated: titles, base, lora, target-rule (an oracle).")
-    ] = "titles,base,lora,target-rule",
+        str,
+        typer.Option(
+            help="Comma-separated: titles; next-interest profiles base, lora, target-rule (an "
+            "oracle); profile trees free, grounded, facts (checked for faithfulness)."
+        ),
+    ] = "titles,free,grounded,facts",
     adapter: Annotated[
         str | None, typer.Option(help="Profile adapter name (profile.next.adapter).")
     ] = None,
@@ -36,8 +44,9 @@ def profile_eval(
         typer.Option(help="Report folder (default: work_dir/profile_retrieval/<split>-<N>)."),
     ] = None,
 ) -> None:
-    """Embed each user's query (titles or a next-interest profile), search the target's domain
-    in Chroma, report HR@10/HR@50/NDCG@10 of the held-out target (cached, resumable)."""
+    """Embed each user's query (titles or a profile), search the target's domain in Chroma,
+    report HR@10/HR@50/NDCG@10 of the held-out target; check the profile trees' faithfulness
+    (cached, resumable)."""
     from agent.data.loader import load_dataset
     from agent.llm.backend import LLMError
     from agent.llm.model_files import ModelFilesError
@@ -78,4 +87,43 @@ def profile_eval(
             str(row.fallbacks),
         )
     console.print(table)
+    trees = [row for row in report.sources if row.faithfulness is not None]
+    if trees:
+        console.print(_faithfulness_table(trees, report.users, split))
     log.info("profile retrieval: %s, %s", json_path, md_path)
+
+
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f}%"
+
+
+def _faithfulness_table(rows: list[SourceResult], users: int, split: str) -> Table:
+    table = Table(title=f"faithfulness of the profile trees, {users} {split} users")
+    columns = (
+        "profiles",
+        "evidence ids valid",
+        "attributes supported",
+        "contradictions",
+        "repeated sentences",
+        "naming no fact",
+        "fallback nodes",
+        "tokens/profile",
+        "s/profile",
+    )
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        f = row.faithfulness
+        assert f is not None
+        table.add_row(
+            row.source,
+            f"{_pct(f['evidence_valid'])} of {f['cited_ids']}",
+            f"{_pct(f['attributes_supported'])} of {f['named_attributes']}",
+            str(f["contradictions"]),
+            str(f["repeated_sentences"]),
+            _pct(f["silent_summaries"]),
+            _pct(f["fallback_rate"]),
+            f"{f['tokens_per_profile']:.0f}",
+            f"{f['seconds_per_profile']:.1f}",
+        )
+    return table

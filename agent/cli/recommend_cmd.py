@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -13,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.cli.common import UserError, console, handles_user_errors, state
+from agent.data.schema import display_title
 
 if TYPE_CHECKING:
     from agent.data.schema import Dataset
@@ -27,9 +27,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _shown(title: str) -> str:
-    """A catalogue title for the terminal: HTML entities decoded (the data carries them), cut
-    to 80 characters, rich markup escaped."""
-    return escape(html.unescape(title)[:80])
+    """A catalogue title for the terminal: cut at a word boundary, rich markup escaped."""
+    return escape(display_title(title, 80))
 
 
 def _list_table(title: str, items: list[ListedItem], target: str | None) -> Table:

@@ -24,7 +24,7 @@ from typing import Any
 from agent.config import AmazonSource
 from agent.data.fields import Pos, get_categories, get_id, get_text, get_timestamp
 from agent.data.jsonl_io import iter_json_lines
-from agent.data.schema import DataError, Dataset, Item, LoadReport
+from agent.data.schema import DataError, Dataset, Item, LoadReport, clean_text
 from agent.data.split import Interaction, build_dataset
 
 _JSON_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz")
@@ -135,7 +135,7 @@ def _read_meta(
             title = get_text(record, "title", pos, required=True)
             if item_id in items:
                 first = items[item_id]
-                if first.domain == source.domain and first.title == title:
+                if first.domain == source.domain and first.title == clean_text(title):
                     repeats[path.name] += 1  # the 2018 meta files repeat some rows verbatim
                     continue
                 raise pos.error(
@@ -146,7 +146,7 @@ def _read_meta(
             categories = get_categories(record, keys.categories, pos)
             if not categories and keys.fallback_category:
                 categories = get_categories(record, keys.fallback_category, pos)
-            item = Item(
+            item = Item.read(
                 item_id=item_id,
                 domain=source.domain,
                 title=title,

@@ -51,7 +51,7 @@ def write_shared(data: Dataset, folder: Path) -> Path:
             row: dict[str, object] = {
                 "item_id": item.item_id,
                 "domain": item.domain,
-                "title": item.title,
+                "title": item.source_title or item.title,  # read back, it is the same item
             }
             for key in ("brand", "description", "price"):
                 if getattr(item, key):

@@ -7,6 +7,7 @@ as in the shared JSONL format; a row of split ``train`` is all history.
 
 from __future__ import annotations
 
+import html
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,23 @@ class DataError(ValueError):
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
+DISPLAY_TITLE_CHARS = 90  # longer titles (ad copy) are cut for display, at a word boundary
+
+
+def clean_text(value: str) -> str:
+    """HTML entities decoded once (``Oats &amp; Honey`` -> ``Oats & Honey``), spaces collapsed."""
+    return " ".join(html.unescape(value).split())
+
+
+def display_title(title: str, limit: int = DISPLAY_TITLE_CHARS) -> str:
+    """``title`` cut at a word boundary to about ``limit`` characters, with an ellipsis."""
+    if len(title) <= limit:
+        return title
+    head = title[: limit + 1]
+    space = head.rfind(" ")
+    return (head[:space] if space > limit // 2 else title[:limit]).rstrip(" ,;:-(&/") + "…"
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
     item_id: str
@@ -55,6 +73,38 @@ class Item:
     description: str = ""
     brand: str = ""
     price: str = ""
+    # The title exactly as the source wrote it, when cleaning changed it (else ""). The item
+    # text that is embedded uses it: every trained checkpoint rests on those vectors.
+    source_title: str = ""
+
+    @classmethod
+    def read(
+        cls,
+        item_id: str,
+        domain: str,
+        title: str,
+        categories: tuple[str, ...] = (),
+        description: str = "",
+        brand: str = "",
+        price: str = "",
+    ) -> Item:
+        """An item as a reader makes it: text fields cleaned (``clean_text``), once, here."""
+        clean = clean_text(title)
+        return cls(
+            item_id=item_id,
+            domain=domain,
+            title=clean,
+            categories=tuple(clean_text(c) for c in categories),
+            description=clean_text(description),
+            brand=clean_text(brand),
+            price=price,
+            source_title=title if clean != title else "",
+        )
+
+    @property
+    def display_title(self) -> str:
+        """The title for people: long ad-copy titles cut at a word boundary."""
+        return display_title(self.title)
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,7 @@ def read_items(
                     line=lineno,
                     field_name="item_id",
                 )
-            item = Item(
+            item = Item.read(
                 item_id=item_id,
                 domain=domain,
                 title=title.strip(),

@@ -55,7 +55,7 @@ def read_item_table(
                     f"duplicate item id {item_id!r} (first on {unit} {first[item_id]})",
                     columns.item,
                 )
-            item = Item(
+            item = Item.read(
                 item_id=item_id,
                 domain=get_text(record, columns.domain, pos, required=True),
                 title=get_text(record, columns.title, pos, required=True),

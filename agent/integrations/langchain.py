@@ -123,6 +123,8 @@ class RecBridgeRetriever(BaseRetriever):
                     "rank": rank,
                     "score": item["score"],
                     "reason": item["reason"],
+                    "because": item.get("because", []),
+                    "display_title": item.get("display_title", item["title"]),
                     "pipeline": body["model"],
                     "fallback": body["fallback"],
                 },

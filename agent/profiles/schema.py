@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agent.profiles.facts import ProfileFacts
 from agent.prompts import TemplateRef
 
 
@@ -65,6 +66,45 @@ def profile_json_schema(
     }
 
 
+def grounded_json_schema(
+    values: Sequence[str],
+    evidence_ids: Sequence[str],
+    themes: Sequence[str],
+    max_items: int = 5,
+    *,
+    summary_chars: int = 400,
+) -> dict[str, Any]:
+    """The schema of a grounded profile: preferences only from ``values`` (the facts'
+    attribute values), themes only from ``themes`` (the facts' cross-domain links), evidence
+    only from ``evidence_ids``, and no dislikes (purchases do not show any). Only the summary
+    is free text; the checker reads it after generation."""
+
+    def choice(options: Sequence[str]) -> dict[str, Any]:
+        unique = list(dict.fromkeys(options))
+        if not unique:
+            return {"type": "array", "items": {"type": "string"}, "maxItems": 0}
+        return {
+            "type": "array",
+            "items": {"type": "string", "enum": unique},
+            "maxItems": min(max_items, len(unique)),
+        }
+
+    # The summary comes last: the model writes it after it has picked the facts it names.
+    properties = {
+        "preferences": choice(values),
+        "cross_domain_themes": choice(themes),
+        "evidence_item_ids": choice(evidence_ids),
+        "dislikes": {"type": "array", "items": {"type": "string"}, "maxItems": 0},
+        "summary": {"type": "string", "maxLength": summary_chars},
+    }
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
 class CallInfo(BaseModel):
     """What producing one node cost and how it went (sums over a retry)."""
 
@@ -80,6 +120,10 @@ class CallInfo(BaseModel):
     parse_error: str | None = None  # why the (last) answer was unusable
     bad_answer: str | None = None  # the start of that unusable answer, for inspection
     dropped_evidence: int = 0  # evidence ids not in the user's history, removed
+    # Grounded profiles: what the checker found in an answer (before a repair or retry), and
+    # whether failing summary sentences were dropped (the rest passed).
+    check_problems: list[str] = Field(default_factory=list)
+    text_repaired: bool = False
 
     def add(self, other: CallInfo) -> CallInfo:
         return CallInfo(
@@ -124,6 +168,9 @@ class ProfileTree(BaseModel):
     profile: Profile  # the cross-domain profile
     call: CallInfo  # the cross-domain merge (calls=0 when the user has one domain)
     cache_key: str = ""
+    mode: str = "free"  # profile.mode that wrote it: free, grounded or facts
+    seconds: float = 0.0  # wall time it took (its share of the batch it was made in)
+    facts: ProfileFacts | None = None  # what the grounded prompts were given (with evidence)
 
     def calls(self) -> list[CallInfo]:
         out = [self.call]

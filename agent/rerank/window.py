@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 
 def _plain(title: str) -> str:
-    """Catalogue titles carry HTML entities ("Ginger &amp; Lemon"); the model should not."""
+    """Titles are decoded when the data is read; a source that escaped twice ("&amp;amp;")
+    still shows the model none. (Kept: the rerank caches key on the prompts it makes.)"""
     return html.unescape(title)
 
 

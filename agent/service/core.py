@@ -31,7 +31,7 @@ import numpy as np
 
 from agent.config import Settings
 from agent.data.loader import load_dataset
-from agent.data.schema import Dataset, UserSequence
+from agent.data.schema import Dataset, UserSequence, display_title
 from agent.items.embedder import Embedder, make_embedder
 from agent.items.embeddings import item_embeddings
 from agent.items.llm_states import StatesError
@@ -44,6 +44,7 @@ from agent.models.prepare import ModelNotReady, ValidFnFactory, prepare_model
 from agent.models.text_knn import TextKNNRecommender
 from agent.pipeline.build import TwoStageFactory, TwoStageSpec
 from agent.pipeline.profile_source import ProfileSource, history_user
+from agent.pipeline.reasons import Explainer
 from agent.pipeline.recommend import Recommendation, RecommendOptions, arecommend
 from agent.pipeline.two_stage import TwoStageRecommender
 from agent.profiles.cache import ProfileCache
@@ -128,6 +129,7 @@ class RecBridgeService:
         self._profile_cache: ProfileCache | None = None
         self._factory: TwoStageFactory | None = None
         self._profiles: ProfileSource | None = None
+        self._explainer: Explainer | None = None
         self._build_lock = threading.Lock()
 
     # ----------------------------------------------------------------- building
@@ -170,6 +172,7 @@ class RecBridgeService:
             torch.set_num_threads(self.settings.train.threads)
         _ = self.item_index
         self._title_index()
+        _ = self.explainer
         for name, spec in list(self.pipelines.items()):
             try:
                 self.retriever(spec.retriever)
@@ -205,6 +208,14 @@ class RecBridgeService:
                 self.data, self.settings, progress=self.progress, embedder=self.embedder
             )
         return self._embeddings
+
+    @property
+    def explainer(self) -> Explainer:
+        """Reasons from the history (agent/pipeline/reasons.py): text vectors, train counts."""
+        with self._build_lock:
+            if self._explainer is None:
+                self._explainer = Explainer(self.data, self.embeddings)
+        return self._explainer
 
     @property
     def item_index(self) -> ItemIndex:
@@ -585,29 +596,37 @@ class RecBridgeService:
         reranked = rec.reranked
         n = len(rec.retrieved)
         fusion = self.settings.rerank.fusion_weight
+        explained = await asyncio.to_thread(
+            self.explainer.explain, rec.history, [x.item_id for x in rec.items]
+        )
         items: list[RankedItem] = []
-        for pos, listed in enumerate(rec.items, start=1):
+        for pos, (listed, why) in enumerate(zip(rec.items, explained, strict=True), start=1):
             iid, score = listed.item_id, listed.retrieval_score
-            if score > UNKNOWN_ITEM_SCORE:
-                why = f"retrieved #{listed.retrieval_rank} by {spec.retriever} (score {score:.3f})"
-            else:
-                why = f"unknown to {spec.retriever}: ranked after the items it knows"
-            if iid in reranked:
-                why += f"; placed #{pos} by the {spec.reranker} LLM reranker"
+            if score <= UNKNOWN_ITEM_SCORE:
+                placed = f"unknown to {spec.retriever}: ranked after the items it knows"
+            elif iid in reranked:
+                placed = (
+                    f"placed #{pos} by the {spec.reranker} reranker "
+                    f"(retrieved #{listed.retrieval_rank} by {spec.retriever})"
+                )
                 if fusion is not None:
-                    why += f" fused with the retriever's score (weight {fusion:g})"
-            elif fallback is not None:
-                why += f"; kept in retrieval order ({fallback.replace('_', ' ')})"
+                    placed += f", fused with the retriever's score (weight {fusion:g})"
+            else:
+                placed = f"ranked #{listed.retrieval_rank} by {spec.retriever}"
+                if fallback is not None:
+                    placed += f" (kept in retrieval order: {fallback.replace('_', ' ')})"
             items.append(
                 RankedItem(
                     item_id=iid,
                     title=listed.title,
+                    display_title=display_title(listed.title),
                     domain=listed.domain,
                     score=float(n - pos + 1) / n if spec.reranker else score,
                     retrieval_rank=listed.retrieval_rank,
                     retrieval_score=score,
                     rerank_score=listed.rerank_score if iid in reranked else None,
-                    reason=why,
+                    reason=why.text(placed),
+                    because=[b.item_id for b in why.because],
                 )
             )
         return RecommendOutcome(

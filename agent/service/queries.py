@@ -48,13 +48,16 @@ class Resolved(BaseModel):
 
 class RankedItem(BaseModel):
     item_id: str
-    title: str
+    title: str  # the full title (HTML entities decoded)
+    display_title: str  # cut at a word boundary when long (ad-copy titles)
     domain: str
     score: float  # the final score: higher is better (the rank order)
     retrieval_rank: int  # 1-based rank in the retriever's list
     retrieval_score: float
     rerank_score: float | None = None
-    reason: str  # why it is here, in words
+    # Why it is here, in words: the history items it follows from and the stage that placed it.
+    reason: str
+    because: list[str] = Field(default_factory=list)  # the history item ids the reason names
 
 
 class RecommendOutcome(BaseModel):

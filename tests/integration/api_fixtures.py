@@ -145,6 +145,7 @@ def _common_sets(work: Path, llm_model_dir: Path) -> dict[str, object]:
         "profile.max_list_items": 2,
         "profile.summary_max_chars": 80,
         "profile.phrase_max_chars": 20,
+        "profile.grounded_max_tokens": 64,
     }
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from agent.data.schema import Dataset
+from agent.data.schema import Dataset, display_title
 from agent.profiles.schema import ProfileTree
 from tests.integration.api_fixtures import ApiServer
 
@@ -68,7 +68,13 @@ def test_recommendations_by_user_and_by_history_with_titles(
     assert body["history"] == [first, second]
     assert [r["how"] for r in body["resolved"]] == ["title"]
     assert {it["domain"] for it in body["items"]} == {"kitchen"}
-    assert all(it["reason"].startswith("retrieved #") for it in body["items"])
+    assert all(it["reason"].endswith("by popularity") for it in body["items"])
+    # Reasons name real history items: the ids they cite are the request's history, and the
+    # text holds those items' display titles.
+    for it in body["items"]:
+        assert set(it["because"]) <= {first, second}
+        for iid in it["because"]:
+            assert display_title(slice_data.items[iid].title, 48) in it["reason"]
 
 
 def test_recommendations_rerank_with_the_llm_among_candidates(
@@ -94,7 +100,9 @@ def test_recommendations_rerank_with_the_llm_among_candidates(
     assert body["usage"]["llm_calls"] >= 1 and body["fallback"] is None
     head = [it for it in body["items"] if it["rerank_score"] is not None]
     assert len(head) == 5  # rerank.top_n of the server
-    assert all("listwise LLM reranker" in it["reason"] for it in head)
+    assert all("by the listwise reranker" in it["reason"] for it in head)
+    assert all(set(it["because"]) <= set(user.history) for it in body["items"])
+    assert any(it["because"] for it in body["items"])
 
 
 def test_rerank_jina_cohere_convention(http: httpx.Client, slice_data: Dataset) -> None:
@@ -138,6 +146,12 @@ def test_profiles_give_the_hierarchical_profile(http: httpx.Client, slice_data: 
     tree = ProfileTree.model_validate(resp.json())
     assert tree.history_len == 4 and tree.domains and tree.profile.summary
     assert tree.backend == "local"
+    # Grounded by default: the facts come with it, and every cited id is in the history.
+    history = set(list(user.history)[-4:])
+    assert tree.mode == "grounded" and tree.facts is not None
+    assert set(tree.facts.evidence()) <= history
+    for node in [tree.profile, *(d.profile for d in tree.domains)]:
+        assert set(node.evidence_item_ids) <= history and not node.dislikes
 
 
 def test_item_search(http: httpx.Client) -> None:

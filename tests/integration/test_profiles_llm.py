@@ -38,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 # Recency chunks, one group per domain, short outputs: 5 calls per two-domain user (+ retries).
 PROFILE: dict[str, Any] = {
+    "profile.mode": "free",  # the LLM4CDSR prompts (grounded: test_profiles_grounded.py)
     "profile.min_items_for_clusters": 1000,
     "profile.max_groups": 1,
     "profile.chunk_size": 4,
