@@ -35,7 +35,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -49,6 +49,9 @@ from agent.profiles.cache import ProfileCache
 from agent.profiles.check import ProfileChecker
 from agent.profiles.parsing import ParseError
 from agent.profiles.schema import ProfileTree
+
+if TYPE_CHECKING:
+    from agent.profiles.profiler import HierarchicalProfiler, UserResult
 from agent.sqlite_store import SQLiteStore
 from agent.store.chroma_store import ItemIndex, make_client
 from eval.evaluator import select_users
@@ -137,7 +140,7 @@ class SourceResult:
 @dataclass
 class ProfileRetrievalReport:
     split: str
-    users: int
+    users: int  # evaluated (fewer than sampled with cached_only)
     top: int
     adapter: str | None
     sources: list[SourceResult]
@@ -145,6 +148,7 @@ class ProfileRetrievalReport:
     per_user: list[dict[str, Any]] = field(default_factory=list)
     examples: list[dict[str, Any]] = field(default_factory=list)
     run: dict[str, Any] = field(default_factory=dict)
+    sampled: int = 0  # the seeded sample the users were drawn from
 
     def row(self, source: str) -> SourceResult:
         return next(s for s in self.sources if s.source == source)
@@ -189,6 +193,7 @@ class ProfileRetrieval:
         backend: LLMBackend | None = None,
         adapter: str | None = None,
         embedder: Embedder | None = None,
+        cached_only: bool = False,
     ) -> None:
         unknown = [s for s in sources if s not in SOURCES]
         if unknown or not sources:
@@ -218,6 +223,9 @@ class ProfileRetrieval:
         self.out_root = settings.work_dir / "profile_retrieval"
         self.trees: dict[str, list[ProfileTree | None]] = {}
         self._checker: ProfileChecker | None = None
+        self.sampled = len(self.users)
+        if cached_only:
+            self._keep_cached()
 
     # -- query texts --------------------------------------------------------------------------
 
@@ -314,24 +322,39 @@ class ProfileRetrieval:
                 bar.update(len(chunk))
         return [out[u.user_id] for u in self.users]
 
-    def tree_queries(self, mode: str) -> list[Query]:
-        """Every user's profile tree in ``mode`` (profile cache first), as queries."""
+    def _profiler(self, mode: str, cache: ProfileCache) -> HierarchicalProfiler:
         from agent.profiles.profiler import HierarchicalProfiler
 
         profile = self.settings.profile.model_copy(update={"mode": mode})
         settings = self.settings.model_copy(update={"profile": profile})
         backend = None if mode == "facts" else self.backend
-        with ProfileCache(settings.profile_cache_dir) as cache:
-            profiler = HierarchicalProfiler(
-                backend, self.data, settings, cache=cache, checker=self.checker
-            )
-            batch = max(1, profile.batch_users)
-            results = []
+        return HierarchicalProfiler(backend, self.data, settings, cache=cache, checker=self.checker)
+
+    def _keep_cached(self) -> None:
+        """Only the users whose LLM-written trees are all cached already (the same users for
+        every row): a partial run is reported as such, never completed silently."""
+        modes = [s for s in self.sources if s in TREE_SOURCES and s != "facts"]
+        with ProfileCache(self.settings.profile_cache_dir) as cache:
+            for mode in modes:
+                found = self._profiler(mode, cache).cached_users(self.users)
+                self.users = [u for u in self.users if u.user_id in found]
+        log.info(
+            "cached only: %d of %d sampled users have every tree (%s)",
+            len(self.users),
+            self.sampled,
+            ", ".join(modes) or "none needed",
+        )
+
+    def tree_queries(self, mode: str) -> list[Query]:
+        """Every user's profile tree in ``mode`` (profile cache first), as queries."""
+        with ProfileCache(self.settings.profile_cache_dir) as cache:
+            profiler = self._profiler(mode, cache)
             with tqdm(total=len(self.users), desc=f"profiles ({mode})", unit="user") as bar:
-                for start in range(0, len(self.users), batch):
-                    done, _ = profiler.profile_users(self.users[start : start + batch])
-                    results.extend(done)
-                    bar.update(len(done))
+
+                def advance(batch: list[UserResult]) -> None:
+                    bar.update(len(batch))
+
+                results, _ = profiler.profile_users(self.users, progress=advance)
         self.trees[mode] = [r.tree for r in results]
         out = []
         for user, result in zip(self.users, results, strict=True):
@@ -483,6 +506,7 @@ class ProfileRetrieval:
             per_user=per_user,
             examples=examples,
             run=run_info(),
+            sampled=self.sampled,
         )
 
 
@@ -497,8 +521,13 @@ def _cell(value: dict[str, float]) -> str:
 def markdown(report: ProfileRetrievalReport) -> str:
     """The table (mean [95% CI]), the paired differences to ``titles``, a few example queries."""
     lines = [
-        f"# Profile retrieval: {report.users} {report.split} users, top {report.top} of the "
-        "target's domain (history excluded)",
+        f"# Profile retrieval: {report.users} {report.split} users"
+        + (
+            f" (those of {report.sampled} sampled with every tree cached)"
+            if report.sampled > report.users
+            else ""
+        )
+        + f", top {report.top} of the target's domain (history excluded)",
         "",
         "| query source | HR@10 | HR@50 | NDCG@10 | NDCG@10 - titles | HR@50 - titles "
         "| fallbacks |",

@@ -70,6 +70,18 @@ def render_tree(tree: ProfileTree) -> Tree:
                 f"{group.key} [{len(group.item_ids)} items] {escape(group.text)} "
                 f"{_call_text(group.call)}"
             )
+    if tree.facts is not None:
+        facts = root.add(f"[bold]facts[/bold] (from the history; mode {tree.mode})")
+        for dom_facts in tree.facts.domains:
+            node = facts.add(f"{escape(dom_facts.domain)} ({dom_facts.items} items)")
+            for name in ("brands", "keywords", "kinds", "categories", "repeats"):
+                values = [f"{f.value} ({f.count})" for f in getattr(dom_facts, name)]
+                if values:
+                    node.add(f"{name}: {escape('; '.join(values))}")
+            node.add(f"recent: {', '.join(dom_facts.recent)}")
+        for link in tree.facts.links:
+            ids = "; ".join(f"{d}: {', '.join(i)}" for d, i in link.item_ids.items())
+            facts.add(f"link {escape(link.term)} ({link.via}): {ids}")
     templates = root.add("[dim]templates[/dim]")
     for role, ref in tree.templates.items():
         templates.add(f"[dim]{role}: {ref.file} v{ref.version} sha256 {ref.sha256[:12]}[/dim]")

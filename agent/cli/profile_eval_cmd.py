@@ -39,6 +39,14 @@ def profile_eval(
         str | None, typer.Option(help="Profile adapter name (profile.next.adapter).")
     ] = None,
     backend: Annotated[str | None, typer.Option(help="LLM: local or openai (llm.backend).")] = None,
+    cached_only: Annotated[
+        bool,
+        typer.Option(
+            "--cached-only",
+            help="Only the sampled users whose LLM profile trees are all cached (a partial "
+            "run, reported as such): no LLM call.",
+        ),
+    ] = False,
     out: Annotated[
         Path | None,
         typer.Option(help="Report folder (default: work_dir/profile_retrieval/<split>-<N>)."),
@@ -67,6 +75,7 @@ def profile_eval(
             users=users,
             split=split,  # type: ignore[arg-type]
             sources=names,
+            cached_only=cached_only,
         )
         report = run.run()
     except (ProfileEvalError, EvalError, LLMError, ModelFilesError, PromptError) as exc:

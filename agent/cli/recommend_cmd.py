@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -31,20 +32,36 @@ def _shown(title: str) -> str:
     return escape(display_title(title, 80))
 
 
-def _list_table(title: str, items: list[ListedItem], target: str | None) -> Table:
+def _list_table(
+    title: str,
+    items: list[ListedItem],
+    target: str | None,
+    reasons: list[str] | None = None,
+) -> Table:
     table = Table(title=title, box=None, title_justify="left")
     table.add_column("#", justify="right")
     table.add_column("title")
     table.add_column("retrieved", justify="right")
     table.add_column("")
+    if reasons is not None:
+        table.add_column("why")
     for rank, item in enumerate(items, start=1):
         mark = "<- target" if item.item_id == target else ""
-        table.add_row(str(rank), _shown(item.title), str(item.retrieval_rank), mark)
+        row = [str(rank), _shown(item.title), str(item.retrieval_rank), mark]
+        if reasons is not None:
+            row.append(escape(reasons[rank - 1]))
+        table.add_row(*row)
     return table
 
 
-def render_recommendation(rec: Recommendation, data: Dataset, target: str | None = None) -> Group:
-    """History, profile, the retrieved list and the final list as rich renderables."""
+def render_recommendation(
+    rec: Recommendation,
+    data: Dataset,
+    target: str | None = None,
+    reasons: list[str] | None = None,
+) -> Group:
+    """History, profile, the retrieved list and the final list (with ``reasons``, one per
+    final item, when given) as rich renderables."""
     history = Table(
         title=f"user {escape(rec.user_id)}: newest {SHOWN_HISTORY} of {len(rec.history)} items",
         box=None,
@@ -68,10 +85,14 @@ def render_recommendation(rec: Recommendation, data: Dataset, target: str | None
         parts.append("\n".join(lines))
     if target is not None:
         parts.append(f"held-out target: {_shown(data.items[target].title)}")
-    parts.append(_list_table(f"retrieved by {rec.retriever} ({rec.domain})", rec.retrieved, target))
-    if rec.reranker is not None:
+    if rec.reranker is None:
+        title = f"retrieved by {rec.retriever} ({rec.domain})"
+        parts.append(_list_table(title, rec.items, target, reasons))
+    else:
+        title = f"retrieved by {rec.retriever} ({rec.domain})"
+        parts.append(_list_table(title, rec.retrieved, target))
         note = " [red](fallback: retrieval order)[/red]" if rec.fallback else ""
-        parts.append(_list_table(f"reranked by {rec.reranker}{note}", rec.items, target))
+        parts.append(_list_table(f"reranked by {rec.reranker}{note}", rec.items, target, reasons))
         if rec.reason:
             parts.append(f"reason: {escape(rec.reason)}")
     cost = ", ".join(f"{k} {v:.1f}s" for k, v in rec.seconds.items())
@@ -153,9 +174,13 @@ def recommend(
                 top_n=top_n if learned else settings.rerank.top_n,
             )
         )
+        reasons = service.item_reasons(rec, spec, rec.fallback_kind())
     except SERVICE_ERRORS as exc:
         raise UserError(str(exc)) from None
     if as_json:
-        sys.stdout.write(rec.model_dump_json(indent=2) + "\n")
+        body = rec.model_dump(mode="json")
+        body["reasons"] = [{"reason": t, "because": b} for t, b in reasons]
+        sys.stdout.write(json.dumps(body, indent=2) + "\n")
     else:
-        console.print(render_recommendation(rec, dataset, target))
+        shown = [text for text, _ in reasons]
+        console.print(render_recommendation(rec, dataset, target, shown))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.data.schema import Dataset, display_title
+from agent.models.base import UNKNOWN_ITEM_SCORE
 from agent.rerank.features import ItemStats
 
 BECAUSE = 2  # history items named per reason
@@ -115,3 +116,31 @@ class Explainer:
             similar = int(((cosine >= SIMILAR) & same).sum())
             out.append(Explanation(item_id, item.domain, because, similar))
         return out
+
+
+def stage_text(
+    pos: int,
+    retrieval_rank: int,
+    retrieval_score: float,
+    *,
+    retriever: str,
+    reranker: str | None,
+    reranked: bool,
+    fallback: str | None = None,
+    fusion: float | None = None,
+) -> str:
+    """Which stage placed the item at ``pos`` (1-based): "ranked #2 by sasrec-hybrid", or
+    "placed #1 by the ranker reranker (retrieved #4 by sasrec-hybrid)"."""
+    if retrieval_score <= UNKNOWN_ITEM_SCORE:
+        return f"unknown to {retriever}: ranked after the items it knows"
+    if reranked:
+        text = (
+            f"placed #{pos} by the {reranker} reranker (retrieved #{retrieval_rank} by {retriever})"
+        )
+        if fusion is not None:
+            text += f", fused with the retriever's score (weight {fusion:g})"
+        return text
+    text = f"ranked #{retrieval_rank} by {retriever}"
+    if fallback is not None:
+        text += f" (kept in retrieval order: {fallback.replace('_', ' ')})"
+    return text

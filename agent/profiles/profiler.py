@@ -719,6 +719,12 @@ class HierarchicalProfiler:
             seconds=round(seconds, 4),
         )
 
+    def cached_users(self, users: Sequence[UserSequence]) -> set[str]:
+        """The ids of ``users`` whose tree (for these settings) is in the cache already."""
+        if self.cache is None:
+            return set()
+        return {u.user_id for u in users if self.cache.get(self._plan(u).key) is not None}
+
     async def _profile_batch(self, users: Sequence[UserSequence]) -> list[UserResult]:
         started = time.perf_counter()
         results: dict[str, UserResult] = {}

@@ -39,12 +39,12 @@ from agent.llm.backend import LLMBackend
 from agent.llm.local_backend import LocalBackend
 from agent.llm.model_files import ModelFilesError
 from agent.llm.openai_backend import OpenAIBackend
-from agent.models.base import UNKNOWN_ITEM_SCORE, Recommender
+from agent.models.base import Recommender
 from agent.models.prepare import ModelNotReady, ValidFnFactory, prepare_model
 from agent.models.text_knn import TextKNNRecommender
 from agent.pipeline.build import TwoStageFactory, TwoStageSpec
 from agent.pipeline.profile_source import ProfileSource, history_user
-from agent.pipeline.reasons import Explainer
+from agent.pipeline.reasons import Explainer, stage_text
 from agent.pipeline.recommend import Recommendation, RecommendOptions, arecommend
 from agent.pipeline.two_stage import TwoStageRecommender
 from agent.profiles.cache import ProfileCache
@@ -595,40 +595,22 @@ class RecBridgeService:
         fallback = self._check_fallback(rec, query)
         reranked = rec.reranked
         n = len(rec.retrieved)
-        fusion = self.settings.rerank.fusion_weight
-        explained = await asyncio.to_thread(
-            self.explainer.explain, rec.history, [x.item_id for x in rec.items]
-        )
-        items: list[RankedItem] = []
-        for pos, (listed, why) in enumerate(zip(rec.items, explained, strict=True), start=1):
-            iid, score = listed.item_id, listed.retrieval_score
-            if score <= UNKNOWN_ITEM_SCORE:
-                placed = f"unknown to {spec.retriever}: ranked after the items it knows"
-            elif iid in reranked:
-                placed = (
-                    f"placed #{pos} by the {spec.reranker} reranker "
-                    f"(retrieved #{listed.retrieval_rank} by {spec.retriever})"
-                )
-                if fusion is not None:
-                    placed += f", fused with the retriever's score (weight {fusion:g})"
-            else:
-                placed = f"ranked #{listed.retrieval_rank} by {spec.retriever}"
-                if fallback is not None:
-                    placed += f" (kept in retrieval order: {fallback.replace('_', ' ')})"
-            items.append(
-                RankedItem(
-                    item_id=iid,
-                    title=listed.title,
-                    display_title=display_title(listed.title),
-                    domain=listed.domain,
-                    score=float(n - pos + 1) / n if spec.reranker else score,
-                    retrieval_rank=listed.retrieval_rank,
-                    retrieval_score=score,
-                    rerank_score=listed.rerank_score if iid in reranked else None,
-                    reason=why.text(placed),
-                    because=[b.item_id for b in why.because],
-                )
+        reasons = await asyncio.to_thread(self.item_reasons, rec, spec, fallback)
+        items = [
+            RankedItem(
+                item_id=listed.item_id,
+                title=listed.title,
+                display_title=display_title(listed.title),
+                domain=listed.domain,
+                score=float(n - pos + 1) / n if spec.reranker else listed.retrieval_score,
+                retrieval_rank=listed.retrieval_rank,
+                retrieval_score=listed.retrieval_score,
+                rerank_score=listed.rerank_score if listed.item_id in reranked else None,
+                reason=text,
+                because=because,
             )
+            for pos, (listed, (text, because)) in enumerate(zip(rec.items, reasons, strict=True), 1)
+        ]
         return RecommendOutcome(
             user_id=rec.user_id,
             pipeline=spec.name,
@@ -643,6 +625,28 @@ class RecBridgeService:
             usage=rec.usage,
             seconds=rec.seconds,
         )
+
+    def item_reasons(
+        self, rec: Recommendation, spec: PipelineSpec, fallback: str | None
+    ) -> list[tuple[str, list[str]]]:
+        """(reason, history ids it names) per item of ``rec.items``: the history items each
+        follows from (agent/pipeline/reasons.py) and the stage that placed it."""
+        explained = self.explainer.explain(rec.history, [x.item_id for x in rec.items])
+        fusion = self.settings.rerank.fusion_weight
+        out = []
+        for pos, (listed, why) in enumerate(zip(rec.items, explained, strict=True), start=1):
+            placed = stage_text(
+                pos,
+                listed.retrieval_rank,
+                listed.retrieval_score,
+                retriever=spec.retriever,
+                reranker=spec.reranker,
+                reranked=listed.item_id in rec.reranked,
+                fallback=fallback,
+                fusion=fusion,
+            )
+            out.append((why.text(placed), [b.item_id for b in why.because]))
+        return out
 
     async def arerank(
         self,

@@ -127,9 +127,11 @@ def test_api_keys_from_settings_and_file(tmp_path: Path) -> None:
 
 def _outcome(fallback: str | None = None) -> RecommendOutcome:
     items = [
-        RankedItem(item_id=f"B00000000{i}", title=f"Tea &amp; cups {i}", domain="food",
+        RankedItem(item_id=f"B00000000{i}", title=f"Tea & cups {i} " + "long " * 30,
+                   display_title=f"Tea & cups {i} long…", domain="food",
                    score=1.0 - i / 10, retrieval_rank=i + 1, retrieval_score=0.5,
-                   reason="retrieved")
+                   reason=f"follows your teapot; ranked #{i + 1} by popularity",
+                   because=["X1Y2Z3W4"])
         for i in range(2)
     ]  # fmt: skip
     return RecommendOutcome(
@@ -141,7 +143,9 @@ def _outcome(fallback: str | None = None) -> RecommendOutcome:
 
 def test_readable_answer_and_stream_events() -> None:
     lines = answer_lines(_outcome("llm_unavailable"))
-    assert lines[1] == "1. Tea & cups 0 [B000000000] (score 1.000)\n"
+    # The display title (not the whole ad copy), then the item's own reason.
+    assert lines[1] == "1. Tea & cups 0 long… [B000000000] (score 1.000)\n"
+    assert lines[2] == "   Why: follows your teapot; ranked #1 by popularity\n"
     assert "LLM was unavailable" in lines[-1]
     body = ChatCompletionRequest.model_validate(
         {"model": "m", "stream": True, "stream_options": {"include_usage": True},
