@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from agent.config import Settings, load_settings
-from agent.data.schema import Dataset
+from agent.data.schema import Dataset, display_title
 from agent.integrations.langchain import RecBridgeEmbeddings, RecBridgeRetriever, item_vectorstore
 from agent.items.embedder import MiniLMEmbedder
 from agent.store.chroma_store import ItemIndex, make_client
@@ -38,6 +38,12 @@ def test_retriever_returns_recommended_items_as_documents(
     docs = asyncio.run(retriever.ainvoke(query))
     assert len(docs) == 2 and {d.metadata["domain"] for d in docs} == {"kitchen"}
     assert not {d.metadata["item_id"] for d in docs} & set(history)
+    # Each document's reason names history items of this request, by their titles.
+    for doc in docs:
+        assert set(doc.metadata["because"]) <= set(history)
+        assert doc.metadata["reason"].endswith("by text-knn")
+        for iid in doc.metadata["because"]:
+            assert display_title(slice_data.items[iid].title, 48) in doc.metadata["reason"]
     with pytest.raises(ValueError, match=r"404.*nobody"):
         retriever.invoke("user: nobody")
 

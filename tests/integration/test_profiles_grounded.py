@@ -124,9 +124,9 @@ def test_a_summary_that_cannot_pass_falls_back_to_the_facts_counted(
     slice_embeddings: np.ndarray,
     checker: ProfileChecker,
 ) -> None:
-    """A 4-character summary can name no fact: every answer fails the checks, is retried once
+    """A 2-character summary can name no fact: every answer fails the checks, is retried once
     with the repair prompt, then replaced by the facts' profile; all of it counted."""
-    tight = grounded_settings.profile.model_copy(update={"grounded_summary_chars": 4})
+    tight = grounded_settings.profile.model_copy(update={"grounded_summary_chars": 2})
     settings = grounded_settings.model_copy(update={"profile": tight})
     user = _users(slice_data, 1)[0]
     with ProfileCache(settings.profile_cache_dir) as cache:
