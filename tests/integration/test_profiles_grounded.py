@@ -143,7 +143,9 @@ def test_a_summary_that_cannot_pass_falls_back_to_the_facts_counted(
     assert tree is not None
     json_calls = [tree.call, *(d.call for d in tree.domains)]
     assert all(c.fallback and c.retried and c.calls == 2 for c in json_calls)
-    assert all("names none of the facts" in (c.parse_error or "") for c in json_calls)
+    # Why, per node: the checks (or, when the model loops in whitespace, unparseable JSON).
+    assert all(c.parse_error for c in json_calls)
+    assert any("names none of the facts" in (c.parse_error or "") for c in json_calls)
     assert stats.fallbacks == 3 and stats.users_with_fallback == 1 and stats.retries == 3
     assert stats.llm_calls == 6
     assert tree.facts is not None
