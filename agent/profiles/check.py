@@ -9,7 +9,7 @@ Four checks, on every text field of a ``Profile`` (summary, preferences, dislike
   (no history item has the word in its title or attributes): "artisanal" for a user who
   bought soup and tea;
 - **contradictions**: a phrase (or an id) that is both liked and disliked;
-- **repeated sentences**: a sentence of the summary said again.
+- **repeated sentences**: a sentence (or a clause within one) said again.
 
 The profiler uses it to repair, regenerate or fall back; ``profile-eval`` reports its counts.
 """
@@ -26,7 +26,7 @@ from agent.items.attributes import ItemAttributes
 from agent.profiles.facts import FactsBuilder, content_words, support_words
 from agent.profiles.schema import Profile
 
-CHECK_VERSION = "1"  # part of grounded profiles' cache key: a stricter check redoes them
+CHECK_VERSION = "2"  # part of grounded profiles' cache key: a stricter check redoes them
 MIN_ITEMS = 3  # a word is catalogue vocabulary when at least this many items carry it
 # An id-shaped token: 8-12 capitals and digits with at least one of each (ASIN-like).
 _ID_LIKE = re.compile(r"\b(?=[A-Z0-9]*\d)(?=[A-Z0-9]*[A-Z])[A-Z0-9]{8,12}\b")
@@ -131,13 +131,19 @@ def _norm(text: str) -> str:
 
 
 def repeated_sentences(text: str) -> int:
-    """Sentences said again (after the first time), compared by their content words."""
+    """Sentences, or clauses within them, said again (after the first time), compared by their
+    content words: "great hostess, great hostess, great hostess" repeats twice."""
     seen: set[str] = set()
     repeats = 0
     for sentence in sentences(text):
         key = _norm(sentence) or sentence.casefold()
-        repeats += key in seen
+        if key in seen:
+            repeats += 1
+            continue
         seen.add(key)
+        clauses = [_norm(c) for c in _CLAUSE.split(sentence.rstrip(".!?"))]
+        clauses = [c for c in clauses if c]
+        repeats += len(clauses) - len(set(clauses))
     return repeats
 
 

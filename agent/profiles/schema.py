@@ -79,19 +79,22 @@ def grounded_json_schema(
     only from ``evidence_ids``, and no dislikes (purchases do not show any). Only the summary
     is free text; the checker reads it after generation."""
 
-    def choice(options: Sequence[str]) -> dict[str, Any]:
+    def choice(options: Sequence[str], least: int = 0) -> dict[str, Any]:
         unique = list(dict.fromkeys(options))
         if not unique:
             return {"type": "array", "items": {"type": "string"}, "maxItems": 0}
+        most = min(max_items, len(unique))
         return {
             "type": "array",
             "items": {"type": "string", "enum": unique},
-            "maxItems": min(max_items, len(unique)),
+            "minItems": min(least, most),
+            "maxItems": most,
         }
 
     # The summary comes last: the model writes it after it has picked the facts it names.
     properties = {
-        "preferences": choice(values),
+        # As many preferences as allowed: the model picks and orders them, it cannot skip them.
+        "preferences": choice(values, least=max_items),
         "cross_domain_themes": choice(themes),
         "evidence_item_ids": choice(evidence_ids),
         "dislikes": {"type": "array", "items": {"type": "string"}, "maxItems": 0},
