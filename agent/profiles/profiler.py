@@ -9,6 +9,11 @@ answers are parsed and repaired; an unusable one gets one retry with a repair in
 a counted fallback built from the inputs' text (``CallInfo.fallback``). A request that fails
 for good (server down, timeouts, 5xx after retries) fails that user only; each finished batch
 goes to the cache (and ``on_result``) before the next starts, so nothing finished is lost.
+
+``profile.mode`` "grounded" (the default) gives the domain and cross levels the history's facts
+(``agent.profiles.facts``), constrains the lists to them and checks the summary
+(``agent.profiles.check``): a failing answer is mended, else retried once, else replaced by the
+facts' own profile, counted. "facts" makes that profile with no LLM; "free" is the above alone.
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ class ProfileRunStats:
     repaired: int = 0
     dropped_evidence: int = 0
     check_failed: int = 0  # nodes whose first answer failed the grounded checks
-    text_repaired: int = 0  # of those, mended by dropping failing summary sentences
+    text_repaired: int = 0  # of those, mended by dropping failing summary clauses
     seconds: float = 0.0
 
     def add(self, result: UserResult) -> None:
@@ -391,7 +396,7 @@ class HierarchicalProfiler:
         self, history: Sequence[str], values: Sequence[str], themes: Sequence[str]
     ) -> Callable[[Profile], tuple[Profile, bool, list[str]]]:
         """The checks a grounded answer must pass; a failing summary is mended by dropping
-        its failing sentences, when any sentence passes."""
+        its failing (or repeated) clauses, when what is left passes and names a fact."""
         allowed_values = {v.casefold() for v in values}
         allowed_themes = {t.casefold() for t in themes}
 

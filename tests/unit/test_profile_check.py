@@ -6,7 +6,7 @@ import pytest
 
 from agent.data.schema import Dataset, Item, UserSequence
 from agent.profiles.check import AttributeVocabulary, ProfileChecker, repeated_sentences
-from agent.profiles.schema import Profile
+from agent.profiles.schema import Profile, grounded_json_schema
 
 CATALOGUE = {
     "B000000001": ("food", "Lipton Green Tea Bags, 100 Count"),
@@ -94,3 +94,20 @@ def test_vocabulary_needs_three_items() -> None:
     vocab = AttributeVocabulary(things=["soup"], brands=["lodge", "soup"])
     assert vocab.named("Lodge soup, lodge") == ["lodge", "soup"]
     assert "soup" not in vocab.brands
+
+
+def test_a_loop_within_a_sentence_counts_and_is_mended(checker: ProfileChecker) -> None:
+    text = "Buys Lipton tea, great soup, great soup, great soup"
+    assert repeated_sentences(text) == 2
+    assert checker.repair_text(text, HISTORY) == "Buys Lipton tea, great soup."
+
+
+def test_the_grounded_schema_allows_only_the_facts() -> None:
+    schema = grounded_json_schema(["Lipton", "tea", "tea"], ["B000000001"], [], max_items=4)
+    props = schema["properties"]
+    assert list(props)[-1] == "summary" and schema["required"] == list(props)
+    assert props["preferences"]["items"]["enum"] == ["Lipton", "tea"]
+    assert props["preferences"]["minItems"] == props["preferences"]["maxItems"] == 2
+    assert props["evidence_item_ids"]["items"]["enum"] == ["B000000001"]
+    assert props["dislikes"]["maxItems"] == 0 and props["cross_domain_themes"]["maxItems"] == 0
+    assert not schema["additionalProperties"]
