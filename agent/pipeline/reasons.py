@@ -130,13 +130,11 @@ def stage_text(
     fusion: float | None = None,
 ) -> str:
     """Which stage placed the item at ``pos`` (1-based): "ranked #2 by sasrec-hybrid", or
-    "placed #1 by the ranker reranker (retrieved #4 by sasrec-hybrid)"."""
+    "placed #1 by ranker (retrieved #4 by sasrec-hybrid)"."""
     if retrieval_score <= UNKNOWN_ITEM_SCORE:
         return f"unknown to {retriever}: ranked after the items it knows"
     if reranked:
-        text = (
-            f"placed #{pos} by the {reranker} reranker (retrieved #{retrieval_rank} by {retriever})"
-        )
+        text = f"placed #{pos} by {reranker} (retrieved #{retrieval_rank} by {retriever})"
         if fusion is not None:
             text += f", fused with the retriever's score (weight {fusion:g})"
         return text

@@ -100,7 +100,7 @@ def test_recommendations_rerank_with_the_llm_among_candidates(
     assert body["usage"]["llm_calls"] >= 1 and body["fallback"] is None
     head = [it for it in body["items"] if it["rerank_score"] is not None]
     assert len(head) == 5  # rerank.top_n of the server
-    assert all("by the listwise reranker" in it["reason"] for it in head)
+    assert all("by listwise (retrieved #" in it["reason"] for it in head)
     assert all(set(it["because"]) <= set(user.history) for it in body["items"])
     assert any(it["because"] for it in body["items"])
 
