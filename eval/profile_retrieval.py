@@ -64,7 +64,8 @@ from finetune.profile_render import NextInterestPrompt, parse_next_interest, que
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("titles", "base", "lora", "target-rule", *TREE_SOURCES)
+NEXT_SOURCES = ("titles", "base", "lora", "target-rule")  # next-interest profiles
+SOURCES = (*NEXT_SOURCES, *TREE_SOURCES)
 LLM_SOURCES = frozenset({"base", "lora"})
 BASELINE = "titles"
 TOP = 50

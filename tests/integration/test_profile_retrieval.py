@@ -17,7 +17,7 @@ from agent.data.loader import load_dataset
 from agent.items.embedder import MiniLMEmbedder
 from agent.llm.adapters import adapter_card, discover_adapters
 from eval.profile_retrieval import (
-    SOURCES,
+    NEXT_SOURCES,
     ProfileEvalError,
     ProfileRetrieval,
     markdown,
@@ -72,7 +72,8 @@ def test_profile_adapter_and_profile_retrieval(
     # Without a trained adapter the lora source is refused with the command that makes one.
     with pytest.raises(ProfileEvalError, match="finetune train --kind profile"):
         ProfileRetrieval(data, settings, users=3, embedder=minilm)
-    refused = runner.invoke(app, [*sets, "profile-eval", "--users", "3"])
+    next_only = ["--sources", ",".join(NEXT_SOURCES)]
+    refused = runner.invoke(app, [*sets, "profile-eval", "--users", "3", *next_only])
     assert refused.exit_code == 2
     assert "finetune train --kind profile" in refused.output
 
@@ -89,24 +90,24 @@ def test_profile_adapter_and_profile_retrieval(
     assert len(card["loss_curve"]) == 2 and card["data"]["examples"] == 8
     assert card["template"]["file"] == "profile_next.j2"
 
-    run = ProfileRetrieval(data, settings, users=3, sources=SOURCES, embedder=minilm)
+    run = ProfileRetrieval(data, settings, users=3, sources=NEXT_SOURCES, embedder=minilm)
     report = run.run()
     assert report.users == 3
-    assert [row.source for row in report.sources] == list(SOURCES)
+    assert [row.source for row in report.sources] == list(NEXT_SOURCES)
     users = [row["user_id"] for row in report.per_user]
     for row in report.sources:
         for metric in ("hr@10", "hr@50", "ndcg@10"):
             assert 0.0 <= row.metrics[metric]["mean"] <= 1.0
         assert row.metrics["hr@10"]["mean"] <= row.metrics["hr@50"]["mean"]
     for user in report.per_user:
-        assert set(user["positions"]) == set(SOURCES)
+        assert set(user["positions"]) == set(NEXT_SOURCES)
         assert all(text for text in user["queries"].values())
     # The oracle (the rule on the target itself: its brand and kind) finds the target.
     oracle = report.row("target-rule").metrics["hr@50"]["mean"]
     assert oracle >= report.row("titles").metrics["hr@50"]["mean"]
     assert report.row("base").cached == 0 and report.row("lora").cached == 0
 
-    again = ProfileRetrieval(data, settings, users=3, sources=SOURCES, embedder=minilm).run()
+    again = ProfileRetrieval(data, settings, users=3, sources=NEXT_SOURCES, embedder=minilm).run()
     assert [u["user_id"] for u in again.per_user] == users  # the same seeded users
     assert again.row("base").cached == 3 and again.row("lora").cached == 3
     assert [u["positions"] for u in again.per_user] == [u["positions"] for u in report.per_user]
@@ -115,7 +116,8 @@ def test_profile_adapter_and_profile_retrieval(
     assert json.loads(json_path.read_text())["users"] == 3
     assert "| lora |" in md_path.read_text() and md_path.read_text() == markdown(report)
 
-    cli = runner.invoke(app, [*sets, "profile-eval", "--users", "3", "--out", str(tmp_path / "c")])
+    out = ["--out", str(tmp_path / "c")]
+    cli = runner.invoke(app, [*sets, "profile-eval", "--users", "3", *next_only, *out])
     assert cli.exit_code == 0, cli.output
     assert (tmp_path / "c" / "report.md").is_file()
     cli_report = json.loads((tmp_path / "c" / "report.json").read_text())
