@@ -8,6 +8,7 @@ profile node (the domain profiles and the cross-domain one) and counts:
 - named attribute words (brands, kinds, categories of the catalogue) and those the history
   supports;
 - contradictions (liked and disliked), repeated sentences, summaries that name no fact;
+- words found in no catalogue title (invented or mangled words: measured, not checked);
 - tokens, LLM calls, seconds and fallbacks (a node the LLM did not write).
 
 ``eval.profile_retrieval`` adds the profile-retrieval metric: the profile of the target's
@@ -96,6 +97,7 @@ def summarise(checks: Sequence[TreeCheck]) -> dict[str, Any]:
         "attributes_supported": _share(sum(c.check.supported for c in checks), named),
         "contradictions": sum(len(c.check.contradictions) for c in checks),
         "repeated_sentences": sum(c.check.repeated_sentences for c in checks),
+        "unknown_words": sum(len(c.check.unknown_words) for c in checks),
         "silent_summaries": _share(sum(c.silent_summaries for c in checks), n_nodes),
         "fallback_rate": _share(sum(c.fallbacks for c in checks), n_nodes),
         "llm_calls_per_profile": sum(c.llm_calls for c in checks) / users,
@@ -108,7 +110,8 @@ def summarise(checks: Sequence[TreeCheck]) -> dict[str, Any]:
 def _examples(checks: Sequence[TreeCheck], limit: int = 12) -> list[str]:
     seen: dict[str, None] = {}
     for c in checks:
-        for word in [*c.check.unsupported, *c.check.bad_ids, *c.check.contradictions]:
+        flagged = [*c.check.unsupported, *c.check.bad_ids, *c.check.contradictions]
+        for word in [*flagged, *c.check.unknown_words]:
             seen.setdefault(word, None)
             if len(seen) >= limit:
                 return list(seen)

@@ -549,9 +549,9 @@ def markdown(report: ProfileRetrievalReport) -> str:
             "Faithfulness of the profile trees (pooled over every profile node):",
             "",
             "| profiles | evidence ids valid | attributes supported | contradictions "
-            "| repeated sentences | summaries naming no fact | fallback nodes | LLM calls "
-            "| tokens | s/profile |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| repeated sentences | words in no title | summaries naming no fact "
+            "| fallback nodes | LLM calls | tokens | s/profile |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in trees:
             f = row.faithfulness
@@ -559,7 +559,7 @@ def markdown(report: ProfileRetrievalReport) -> str:
             lines.append(
                 f"| {row.source} | {_pct(f['evidence_valid'], f['cited_ids'])} | "
                 f"{_pct(f['attributes_supported'], f['named_attributes'])} | "
-                f"{f['contradictions']} | {f['repeated_sentences']} | "
+                f"{f['contradictions']} | {f['repeated_sentences']} | {f['unknown_words']} | "
                 f"{_pct(f['silent_summaries'], f['nodes'])} | "
                 f"{_pct(f['fallback_rate'], f['nodes'])} | {f['llm_calls_per_profile']:.1f} | "
                 f"{f['tokens_per_profile']:.0f} | {f['seconds_per_profile']:.1f} |"

@@ -111,3 +111,8 @@ def test_the_grounded_schema_allows_only_the_facts() -> None:
     assert props["evidence_item_ids"]["items"]["enum"] == ["B000000001"]
     assert props["dislikes"]["maxItems"] == 0 and props["cross_domain_themes"]["maxItems"] == 0
     assert not schema["additionalProperties"]
+
+
+def test_words_in_no_title_are_measured(checker: ProfileChecker) -> None:
+    found = checker.check(Profile(summary="Buys Lipton tea and BIBBLARIES."), HISTORY)
+    assert found.unknown_words == ["bibblary"] and found.ok  # measured, not (yet) a failure
