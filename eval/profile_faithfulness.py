@@ -102,7 +102,9 @@ def summarise(checks: Sequence[TreeCheck]) -> dict[str, Any]:
         "fallback_rate": _share(sum(c.fallbacks for c in checks), n_nodes),
         "llm_calls_per_profile": sum(c.llm_calls for c in checks) / users,
         "tokens_per_profile": sum(c.tokens for c in checks) / users,
-        "seconds_per_profile": sum(c.seconds for c in checks) / users,
+        # Trees made before the profiler recorded wall time carry 0: left out, counted.
+        "timed_profiles": len(timed := [c.seconds for c in checks if c.seconds > 0]),
+        "seconds_per_profile": sum(timed) / len(timed) if timed else None,
         "unsupported_examples": _examples(checks),
     }
 

@@ -511,6 +511,14 @@ class ProfileRetrieval:
         )
 
 
+def _seconds(f: dict[str, Any]) -> str:
+    """Mean wall seconds per profile, and of how many when not all were timed."""
+    if f["seconds_per_profile"] is None:
+        return "-"
+    part = "" if f["timed_profiles"] == f["profiles"] else f" ({f['timed_profiles']} timed)"
+    return f"{f['seconds_per_profile']:.1f}{part}"
+
+
 def _pct(share: float | None, of: int) -> str:
     return "-" if share is None else f"{100 * share:.1f}% of {of}"
 
@@ -562,7 +570,7 @@ def markdown(report: ProfileRetrievalReport) -> str:
                 f"{f['contradictions']} | {f['repeated_sentences']} | {f['unknown_words']} | "
                 f"{_pct(f['silent_summaries'], f['nodes'])} | "
                 f"{_pct(f['fallback_rate'], f['nodes'])} | {f['llm_calls_per_profile']:.1f} | "
-                f"{f['tokens_per_profile']:.0f} | {f['seconds_per_profile']:.1f} |"
+                f"{f['tokens_per_profile']:.0f} | {_seconds(f)} |"
             )
         for row in trees:
             assert row.faithfulness is not None

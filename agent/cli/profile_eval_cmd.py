@@ -135,6 +135,6 @@ def _faithfulness_table(rows: list[SourceResult], users: int, split: str) -> Tab
             _pct(f["silent_summaries"]),
             _pct(f["fallback_rate"]),
             f"{f['tokens_per_profile']:.0f}",
-            f"{f['seconds_per_profile']:.1f}",
+            "-" if f["seconds_per_profile"] is None else f"{f['seconds_per_profile']:.1f}",
         )
     return table

@@ -31,6 +31,8 @@ MIN_ITEMS = 3  # a word is catalogue vocabulary when at least this many items ca
 # An id-shaped token: 8-12 capitals and digits with at least one of each (ASIN-like).
 _ID_LIKE = re.compile(r"\b(?=[A-Z0-9]*\d)(?=[A-Z0-9]*[A-Z])[A-Z0-9]{8,12}\b")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+# The facts template's own words ("Most recent: ...", "Across domains: ..."): not invented.
+_TEMPLATE_WORDS = "most recent across domains mostly often brands such bought again items"
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'&+-]*")
 _CLAUSE = re.compile(r"\s*[,;]\s*|\s+(?:but|and then)\s+")
 
@@ -171,7 +173,7 @@ class ProfileChecker:
     def title_words(self) -> frozenset[str]:
         """Every content word of every catalogue title (built on first use)."""
         if self._title_words is None:
-            words: set[str] = set()
+            words: set[str] = set(content_words(_TEMPLATE_WORDS))
             for item in self.data.items.values():
                 words.update(content_words(item.title))
             self._title_words = frozenset(words)
