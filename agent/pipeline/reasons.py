@@ -17,7 +17,7 @@ import numpy as np
 
 from agent.data.schema import Dataset, display_title
 from agent.models.base import UNKNOWN_ITEM_SCORE
-from agent.rerank.features import ItemStats
+from agent.rerank.features import ItemStats, item_stats
 
 BECAUSE = 2  # history items named per reason
 SIMILAR = 0.5  # cosine at which a history item counts as similar (MiniLM text vectors)
@@ -83,7 +83,7 @@ class Explainer:
         self.data = data
         norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
         self.vectors = embeddings / np.maximum(norms, 1e-12)
-        self.stats = stats if stats is not None else ItemStats.from_train(data)
+        self.stats = stats if stats is not None else item_stats(data)
 
     def explain(self, history: Sequence[str], item_ids: Sequence[str]) -> list[Explanation]:
         """One explanation per item of ``item_ids``, from the newest ``HISTORY`` items."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -103,6 +104,22 @@ class ItemStats:
         trans.sum_duplicates()
         cov.sum_duplicates()
         return cls(count, recent, trans, cov, rows)
+
+
+_STATS: dict[int, tuple[Any, ItemStats]] = {}  # id(data) -> (weakref to data, its stats)
+
+
+def item_stats(data: Dataset) -> ItemStats:
+    """``ItemStats.from_train(data)``, built once per dataset and process (the learned rankers'
+    features and the reasons of recommendations read the same counts)."""
+    import weakref
+
+    found = _STATS.get(id(data))
+    if found is not None and found[0]() is data:
+        return found[1]
+    stats = ItemStats.from_train(data)
+    _STATS[id(data)] = (weakref.ref(data), stats)
+    return stats
 
 
 def _score_columns(score: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -317,7 +317,7 @@ def feature_builder_for(
 
     from agent.items.embeddings import item_embeddings
     from agent.items.llm_states import load_item_states
-    from agent.rerank.features import ItemStats
+    from agent.rerank.features import item_stats
 
     key = (id(data), str(settings.embedding_cache_dir), llm_states, tuple(extra))
     hit = _BUILDERS.get(key)
@@ -326,7 +326,7 @@ def feature_builder_for(
     states = load_item_states(data, settings, llm_states) if llm_states else None
     builder = FeatureBuilder(
         data,
-        ItemStats.from_train(data),
+        item_stats(data),
         item_embeddings(data, settings, progress=False),
         states,
         extra=extra,

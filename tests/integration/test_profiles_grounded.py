@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from agent.cli.main import app
 from agent.config import Settings, load_settings
 from agent.data.schema import Dataset, UserSequence
+from agent.llm.backend import LLMBackend
 from agent.llm.local_backend import LocalBackend
 from agent.llm.openai_backend import OpenAIBackend
 from agent.profiles.cache import ProfileCache
@@ -61,6 +62,19 @@ def _users(data: Dataset, n: int) -> list[UserSequence]:
     return sorted(two_domain, key=lambda u: (len(u.history), u.user_id))[:n]
 
 
+def _profiler(
+    backend: LLMBackend,
+    data: Dataset,
+    settings: Settings,
+    embeddings: np.ndarray,
+    cache: ProfileCache,
+    checker: ProfileChecker,
+) -> HierarchicalProfiler:
+    return HierarchicalProfiler(
+        backend, data, settings, embeddings=embeddings, cache=cache, checker=checker
+    )
+
+
 def _assert_grounded(
     tree: ProfileTree, user: UserSequence, data: Dataset, checker: ProfileChecker
 ) -> None:
@@ -95,13 +109,8 @@ def test_grounded_profiles_through_vllm_and_local_agree_and_pass_the_checks(
     trees: list[list[ProfileTree]] = []
     for backend in (openai_llm, local_llm):
         with ProfileCache(grounded_settings.profile_cache_dir / backend.name) as cache:
-            profiler = HierarchicalProfiler(
-                backend,
-                slice_data,
-                grounded_settings,
-                embeddings=slice_embeddings,
-                cache=cache,
-                checker=checker,
+            profiler = _profiler(
+                backend, slice_data, grounded_settings, slice_embeddings, cache, checker
             )
             results, stats = profiler.profile_users(users)
         got = [r.tree for r in results if r.tree is not None]
@@ -130,14 +139,7 @@ def test_a_summary_that_cannot_pass_falls_back_to_the_facts_counted(
     settings = grounded_settings.model_copy(update={"profile": tight})
     user = _users(slice_data, 1)[0]
     with ProfileCache(settings.profile_cache_dir) as cache:
-        profiler = HierarchicalProfiler(
-            local_llm,
-            slice_data,
-            settings,
-            embeddings=slice_embeddings,
-            cache=cache,
-            checker=checker,
-        )
+        profiler = _profiler(local_llm, slice_data, settings, slice_embeddings, cache, checker)
         (result,), stats = profiler.profile_users([user])
     tree = result.tree
     assert tree is not None
