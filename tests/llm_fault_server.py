@@ -1,6 +1,8 @@
 """A real loopback HTTP server (stdlib, in a thread) that speaks just enough of the OpenAI chat
 API to play scripted faults: HTTP errors, slowness past the client's timeout, dropped
-connections, rejection of ``response_format``. Not a mock: the backend talks real HTTP to it."""
+connections, rejection of ``response_format``. Not a mock: the backend talks real HTTP to it.
+With ``upstream`` (a real LLM server's URL) it is a faulty proxy: scripted faults first, then
+every "ok" request is forwarded and answered by the real server."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
+
+import httpx
 
 Action = Literal["ok", "status", "sleep", "close", "reject_format"]
 
@@ -60,7 +64,9 @@ class FaultServer:
         script: list[Step] | None = None,
         default: Step = OK,
         by_prompt: dict[str, Step] | None = None,
+        upstream: str | None = None,
     ) -> None:
+        self.upstream = upstream.rstrip("/") if upstream else None
         self.script = list(script or [])
         self.default = default
         self.by_prompt = dict(by_prompt or {})
@@ -151,6 +157,11 @@ class FaultServer:
                     self._send(step.status, msg)
                     return
                 time.sleep(step.seconds)
+                if server.upstream is not None and step.reply is None:
+                    path = self.path[len("/v1") :] if self.path.startswith("/v1") else self.path
+                    answer = httpx.post(server.upstream + path, json=body, timeout=600.0)
+                    self._send(answer.status_code, answer.json())
+                    return
                 last = body["messages"][-1]["content"]
                 top_k = int(body.get("top_logprobs", 0)) if body.get("logprobs") else 0
                 text = step.reply if step.reply is not None else f"echo: {last}"

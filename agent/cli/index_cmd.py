@@ -34,6 +34,7 @@ def index(
 ) -> None:
     """Embed all items (cached) and upsert the missing ones into the Chroma item index."""
     # Heavy imports here so `recbridge --help` stays fast.
+    from agent.compute.runtime import ComputeError
     from agent.data.loader import load_dataset
     from agent.items.embedder import EmbeddingError, make_embedder
     from agent.items.embeddings import item_embeddings
@@ -63,7 +64,7 @@ def index(
             if rebuild:
                 item_index.drop()
             report = item_index.index(dataset, embeddings)
-        except (EmbeddingError, StoreError) as exc:
+        except (ComputeError, EmbeddingError, StoreError) as exc:
             raise UserError(str(exc)) from exc
         log.info(
             "indexed %d items (%d upserted, %d deleted) in %.1fs (%.0f items/s)",

@@ -238,7 +238,12 @@ def profile(
                         note = f"failed {failed}, fallback nodes {fallbacks}"
                         bar.update(task, advance=len(batch), note=note)
 
-                    results, stats = profiler.profile_users(chosen, progress=advance)
+                    if settings.compute.engine == "ray" and user is None:
+                        from agent.profiles.profile_job import profile_on_ray
+
+                        results, stats = profile_on_ray(profiler, chosen, progress=advance)
+                    else:
+                        results, stats = profiler.profile_users(chosen, progress=advance)
             finally:
                 service.close_caches()
         except SERVICE_ERRORS as exc:

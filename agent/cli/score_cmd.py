@@ -77,9 +77,26 @@ def register(app: typer.Typer) -> None:
                 checkpoint=checkpoint,
                 train_hint=", or pass --train to train it now",
             )
+            if reranker is None and settings.compute.engine == "ray":
+                from agent.service.score_job import score_file_on_ray
+
+                score_file_on_ray(
+                    retriever,
+                    settings,
+                    input_path,
+                    output_path,
+                    checkpoint=checkpoint,
+                    batch_size=batch_size,
+                )
+                return
             if reranker is None:
                 score_file(retriever, input_path, output_path, batch_size=batch_size)
                 return
+            if settings.compute.engine == "ray":
+                raise UserError(
+                    "--reranker with compute.engine=ray: two-stage scoring runs on the local "
+                    "engine only for now (its rerank and profile caches are local files)"
+                )
             try:
                 system = service.two_stage(retriever, reranker, use_profile)
                 # Small batches: each is one round of LLM requests, cached when it finishes.

@@ -91,7 +91,7 @@ def minilm_path(model: str) -> str:
 class MiniLMEmbedder:
     """A sentence-transformers model on the CPU, loaded lazily (cached runs never load it)."""
 
-    def __init__(self, model: str = PACKAGED_MINILM, batch_size: int = 64) -> None:
+    def __init__(self, model: str = PACKAGED_MINILM, batch_size: int = 32) -> None:
         self._path = minilm_path(model)
         name = PACKAGED_MINILM if _is_packaged(model) else os.path.basename(os.path.abspath(model))
         self.model_id = f"sentence-transformers/{name}"

@@ -94,7 +94,16 @@ class LLMBackend(ABC):
         return None  # an optional hook: nothing to release by default
 
     async def agenerate(self, req: GenerationRequest) -> GenerationResult:
-        return await self._with_retries(lambda: self._attempt(req), model=req.adapter)
+        tries = 0
+
+        async def attempt() -> GenerationResult:
+            nonlocal tries
+            tries += 1
+            return await self._attempt(req)
+
+        result = await self._with_retries(attempt, model=req.adapter)
+        result.attempts = tries  # retries are counted where results are summed up
+        return result
 
     def generate(self, req: GenerationRequest) -> GenerationResult:
         return self._run(self.agenerate(req))

@@ -57,3 +57,4 @@ class GenerationResult(BaseModel):
     latency_s: float
     backend: str
     model: str  # the served name (base or adapter) that produced the text
+    attempts: int = 1  # requests sent for it: >1 after retried 5xx/429/timeouts/connections

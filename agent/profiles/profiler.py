@@ -83,6 +83,7 @@ class ProfileRunStats:
     fallbacks: int = 0  # nodes (group/domain/cross) built by fallback
     users_with_fallback: int = 0  # users whose cross-domain profile is a fallback
     retries: int = 0
+    http_retries: int = 0  # requests sent again after 5xx/429/timeouts (then answered)
     repaired: int = 0
     dropped_evidence: int = 0
     check_failed: int = 0  # nodes whose first answer failed the grounded checks
@@ -105,6 +106,7 @@ class ProfileRunStats:
         self.fallbacks += tree.fallbacks
         self.users_with_fallback += tree.call.fallback
         self.retries += sum(c.retried for c in tree.calls())
+        self.http_retries += sum(c.http_retries for c in tree.calls())
         self.repaired += sum(c.repaired for c in tree.calls())
         self.dropped_evidence += tree.dropped_evidence
         self.check_failed += sum(bool(c.check_problems) for c in tree.calls())
@@ -159,6 +161,7 @@ class _UserPlan:
 def _call_info(result: GenerationResult) -> CallInfo:
     return CallInfo(
         calls=1,
+        http_retries=result.attempts - 1,
         prompt_tokens=result.prompt_tokens,
         completion_tokens=result.completion_tokens,
         latency_s=result.latency_s,

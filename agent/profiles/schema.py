@@ -112,6 +112,7 @@ class CallInfo(BaseModel):
     """What producing one node cost and how it went (sums over a retry)."""
 
     calls: int = 0  # LLM requests made (a repair retry adds one)
+    http_retries: int = 0  # requests sent again after a 5xx/429/timeout/connection error
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
@@ -131,6 +132,7 @@ class CallInfo(BaseModel):
     def add(self, other: CallInfo) -> CallInfo:
         return CallInfo(
             calls=self.calls + other.calls,
+            http_retries=self.http_retries + other.http_retries,
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
             latency_s=self.latency_s + other.latency_s,

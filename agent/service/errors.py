@@ -3,6 +3,7 @@ to its HTTP status; the CLI prints the line)."""
 
 from __future__ import annotations
 
+from agent.compute.runtime import ComputeError
 from agent.config import ConfigError
 from agent.data.schema import DataError
 from agent.items.embedder import EmbeddingError
@@ -56,6 +57,7 @@ class Unavailable(ServiceError):
 # traceback, wherever they surface (CLI commands, HTTP routes).
 SERVICE_ERRORS: tuple[type[Exception], ...] = (
     ServiceError,
+    ComputeError,  # the Ray engine: not installed, or no cluster
     ConfigError,
     DataError,
     EmbeddingError,

@@ -218,15 +218,7 @@ class ItemIndex:
             len(stale),
             self.batch_size,
         )
-        with tqdm(total=len(todo), desc="indexing items", unit="item", disable=not progress) as bar:
-            for start in range(0, len(todo), self.batch_size):
-                dense_ids = todo[start : start + self.batch_size]
-                try:
-                    self._upsert(data, embeddings, dense_ids)
-                except _STORE_FAILURES as exc:
-                    raise self._failed("upsert", start, len(todo), exc) from exc
-                bar.update(len(dense_ids))
-                log.debug("upserted %d/%d", start + len(dense_ids), len(todo))
+        self._write(data, embeddings, todo, self.collection, "items", progress)
         for start in range(0, len(stale), self.batch_size):
             try:
                 self.collection.delete(ids=stale[start : start + self.batch_size])
@@ -254,15 +246,7 @@ class ItemIndex:
         ids = data.catalog.ids
         todo = [d for d in dense_ids if stored.get(ids[d - 1]) != vector_fingerprint(embeddings[d])]
         stale = sorted(set(stored) - {ids[d - 1] for d in dense_ids})
-        desc = f"indexing {domain}"
-        with tqdm(total=len(todo), desc=desc, unit="item", disable=not progress) as bar:
-            for start in range(0, len(todo), self.batch_size):
-                chunk = todo[start : start + self.batch_size]
-                try:
-                    self._upsert(data, embeddings, chunk, collection)
-                except _STORE_FAILURES as exc:
-                    raise self._failed(f"upsert ({domain})", start, len(todo), exc) from exc
-                bar.update(len(chunk))
+        self._write(data, embeddings, todo, collection, domain, progress)
         for start in range(0, len(stale), self.batch_size):
             try:
                 collection.delete(ids=stale[start : start + self.batch_size])
@@ -314,24 +298,73 @@ class ItemIndex:
             "again to resume"
         )
 
-    def _upsert(
+    def _write(
         self,
         data: Dataset,
         embeddings: np.ndarray,
-        dense_ids: Sequence[int],
-        collection: Collection | None = None,
+        todo: list[int],
+        collection: Collection,
+        label: str,
+        progress: bool,
     ) -> None:
-        ids = [data.catalog.ids[d - 1] for d in dense_ids]
-        metadatas: list[Metadata] = [
+        """Upsert the items ``todo`` (dense ids) into ``collection``: in batches from this
+        process, or from Ray actors into a server (``compute.engine=ray`` with ``store.url``)."""
+        if not todo:
+            return
+        if self.settings.compute.engine == "ray" and self.settings.store.url:
+            from agent.store.bulk_load import upsert_on_ray
+
+            ids = [data.catalog.ids[d - 1] for d in todo]
+            failed = upsert_on_ray(
+                self.settings,
+                collection.name,
+                ids,
+                embeddings[todo],
+                [dict(m) for m in self._metadatas(data, embeddings, todo)],
+                self.batch_size,
+            )
+            if failed:
+                first = next(iter(failed.items()))
+                raise self._failed(
+                    f"upsert ({label}) on Ray",
+                    len(todo) - len(failed),
+                    len(todo),
+                    RuntimeError(f"{len(failed)} items failed, e.g. {first[0]}: {first[1]}"),
+                )
+            return
+        desc = f"indexing {label}"
+        with tqdm(total=len(todo), desc=desc, unit="item", disable=not progress) as bar:
+            for start in range(0, len(todo), self.batch_size):
+                chunk = todo[start : start + self.batch_size]
+                try:
+                    self._upsert(data, embeddings, chunk, collection)
+                except _STORE_FAILURES as exc:
+                    raise self._failed(f"upsert ({label})", start, len(todo), exc) from exc
+                bar.update(len(chunk))
+
+    @staticmethod
+    def _metadatas(
+        data: Dataset, embeddings: np.ndarray, dense_ids: Sequence[int]
+    ) -> list[Metadata]:
+        return [
             {
                 "domain": data.items[iid].domain,
                 "title": data.items[iid].title[:_TITLE_CHARS],
                 "fp": vector_fingerprint(embeddings[d]),
             }
-            for iid, d in zip(ids, dense_ids, strict=True)
+            for iid, d in ((data.catalog.ids[d - 1], d) for d in dense_ids)
         ]
-        target = self.collection if collection is None else collection
-        target.upsert(ids=ids, embeddings=embeddings[list(dense_ids)], metadatas=metadatas)
+
+    def _upsert(
+        self,
+        data: Dataset,
+        embeddings: np.ndarray,
+        dense_ids: Sequence[int],
+        collection: Collection,
+    ) -> None:
+        ids = [data.catalog.ids[d - 1] for d in dense_ids]
+        metadatas = self._metadatas(data, embeddings, dense_ids)
+        collection.upsert(ids=ids, embeddings=embeddings[list(dense_ids)], metadatas=metadatas)
 
     def vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
         """Stored vectors by id (Chroma returns them in its own order)."""

@@ -22,6 +22,7 @@ from agent.items.embedder import MiniLMEmbedder
 from agent.items.embeddings import item_embeddings
 from tests.integration.api_fixtures import *  # noqa: F403  (HTTP API session servers)
 from tests.integration.llm_fixtures import *  # noqa: F403  (LLM/vLLM session fixtures)
+from tests.integration.ray_fixtures import *  # noqa: F403  (one local Ray cluster)
 
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 CHROMA_BIN = Path(
