@@ -113,7 +113,7 @@ def overhead(out: Annotated[Path, typer.Option()] = Path("runs/bench/ray-overhea
 
     from agent.compute.batch import BatchJob, run_batches
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # run as __main__
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # type: ignore[no-untyped-call]
     setup_logging("INFO")
     work = Path(tempfile.mkdtemp())
     settings: Settings = load_settings(overrides={"work_dir": str(work)})

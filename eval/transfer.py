@@ -415,7 +415,17 @@ def train_under_protocol(
 ) -> FitReport:
     """Train ``name`` under the protocol (in-domain, or zero-shot ``SOURCE:TARGET``) into
     ``out``: the library's ``train_checkpoint`` on the protocol's data, early stopping on
-    valid NDCG@10 of ``selection_data`` (``recbridge train`` and the study's processes)."""
+    valid NDCG@10 of ``selection_data`` (``recbridge train`` and the study's processes).
+
+    ``train.workers > 1``: data-parallel on Ray Train (agent/compute/train.py), whose workers
+    each run this function with ``train.workers = 1``."""
+    if settings.train.workers > 1:
+        from agent.compute.train import train_on_ray  # Ray only where it is asked for
+
+        log.info(
+            "training %s on %d Ray Train workers (train.workers)", name, settings.train.workers
+        )
+        return train_on_ray(name, settings, out, transfer=transfer, train_fn=train_under_protocol)
     from agent.data.loader import load_dataset
     from eval.evaluator import make_valid_fn
 

@@ -67,6 +67,12 @@ def register(app: typer.Typer) -> None:
             "rerank.top_n": top_n,
         }
         settings = state(ctx).settings(**overrides)
+        if reranker is not None and settings.compute.engine == "ray":
+            raise UserError(
+                "--reranker with compute.engine=ray: two-stage scoring runs on the local engine "
+                "only for now (profile the users on Ray first: `recbridge profile`; the rerank "
+                "and profile caches are local files)"
+            )
         try:
             service = RecBridgeService.from_settings(
                 settings, backend=kind, pipelines=[], valid_fn_factory=make_valid_fn
@@ -92,11 +98,6 @@ def register(app: typer.Typer) -> None:
             if reranker is None:
                 score_file(retriever, input_path, output_path, batch_size=batch_size)
                 return
-            if settings.compute.engine == "ray":
-                raise UserError(
-                    "--reranker with compute.engine=ray: two-stage scoring runs on the local "
-                    "engine only for now (its rerank and profile caches are local files)"
-                )
             try:
                 system = service.two_stage(retriever, reranker, use_profile)
                 # Small batches: each is one round of LLM requests, cached when it finishes.

@@ -78,14 +78,16 @@ def register(app: typer.Typer) -> None:
             log.info("%s has nothing to train (it scores at query time): no checkpoint", model)
             return
 
+        from agent.compute.runtime import ComputeError
         from eval.evaluator import EvalError  # heavy imports only when training
         from eval.transfer import checkpoint_path, train_under_protocol
 
         out = out or checkpoint_path(settings, model, spec)
         try:
-            # The library's train_checkpoint under the protocol (also the study's processes).
+            # The library's train_checkpoint under the protocol (also the study's processes);
+            # on Ray Train workers with train.workers > 1.
             report = train_under_protocol(model, settings, out, transfer=transfer)
-        except (TransferError, EvalError) as exc:
+        except (TransferError, EvalError, ComputeError) as exc:
             raise UserError(str(exc)) from None
         report_path = out / FIT_REPORT_FILE
         log.info(

@@ -83,7 +83,7 @@ def ray_session(settings: Settings) -> Iterator[Any]:
         )
     try:
         ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # Ray raises bare Exceptions too (a node that timed out starting)
         where = cfg.address or "a local cluster"
         raise ComputeError(f"cannot start Ray on {where}: {exc}") from exc
     log.info(

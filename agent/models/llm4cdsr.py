@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from agent.config import Settings
 from agent.data.schema import Dataset
 from agent.models.base import FitReport, ValidFn
+from agent.models.distributed import negative_seed
 from agent.models.losses import contrastive_regularization
 from agent.models.method_base import MethodNet, MethodRecommender
 from agent.models.method_training import TrainRows, train_rows
@@ -202,7 +203,7 @@ class LLM4CDSRRecommender(MethodRecommender):
         rows = train_rows(self.data, net.max_len)
         profiles = self._profiles(rows) if net.profile_adapter is not None else None
         domain_of = net.get_buffer("domain_of")
-        gen = torch.Generator(device=self.device).manual_seed(self.settings.seed + 1)
+        gen = torch.Generator(device=self.device).manual_seed(negative_seed(self.settings.seed))
         loss = make_ranking_loss(self, rows.inputs, rows.targets, generator=gen)
         pair = len(self.data.catalog.domains) >= 2 and m.alpha > 0
 

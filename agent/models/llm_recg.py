@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from agent.data.schema import Dataset
 from agent.models.base import FitReport, ValidFn
+from agent.models.distributed import negative_seed
 from agent.models.gru4rec import GRU4Rec
 from agent.models.losses import generalization_loss
 from agent.models.method_base import MethodNet, MethodRecommender
@@ -147,7 +148,7 @@ class LLMRecGRecommender(MethodRecommender):
         net = self.net
         assert isinstance(net, RecGNet)
         rows = train_rows(self.data, net.max_len, domains=m.source_domains or None)
-        gen = torch.Generator(device=self.device).manual_seed(self.settings.seed + 1)
+        gen = torch.Generator(device=self.device).manual_seed(negative_seed(self.settings.seed))
         loss = make_ranking_loss(
             self,
             rows.inputs,

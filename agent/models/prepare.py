@@ -123,6 +123,13 @@ def prepare_model(
             raise TypeError(f"prepare_model({name!r}, train=True) needs a valid function")
         valid_fn = valid_fn_factory(data, settings)
     log.info("%s: no checkpoint, training now (checkpoint -> %s)", name, default)
+    if settings.train.workers > 1:
+        # Ray Train is reached from `recbridge train` (eval.transfer), above the library
+        log.warning(
+            "%s: train.workers=%d is for `recbridge train`; training in this process",
+            name,
+            settings.train.workers,
+        )
     report = model.fit(valid_fn=valid_fn, out=default)
     write_fit_report(default, report, name, settings)
     return PreparedModel(model, "trained", report.checkpoint or default, report)

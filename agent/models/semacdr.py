@@ -38,6 +38,7 @@ from agent.config import Settings
 from agent.data.schema import Dataset
 from agent.items.semantics import ViewVectors, item_view_vectors
 from agent.models.base import FitReport, ValidFn
+from agent.models.distributed import negative_seed
 from agent.models.losses import view_alignment
 from agent.models.method_base import MethodNet, MethodRecommender
 from agent.models.method_training import train_rows
@@ -208,7 +209,7 @@ class SemaCDRRecommender(MethodRecommender):
         assert isinstance(net, SemaCDRNet)
         enc = net.encoder
         rows = train_rows(self.data, net.max_len, per_domain=m.domain_sequences)
-        gen = torch.Generator(device=self.device).manual_seed(self.settings.seed + 1)
+        gen = torch.Generator(device=self.device).manual_seed(negative_seed(self.settings.seed))
         loss = make_ranking_loss(self, rows.inputs, rows.targets, generator=gen)
         aligned = [v for v in range(enc.n_views) if len(enc.get_buffer(f"ids{v}")) >= 2]
 

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from agent.data.schema import Dataset
 from agent.models.base import FitReport, ValidFn
+from agent.models.distributed import DataParallel, negative_seed
 from agent.models.dropout import fast_kernels
 from agent.models.method_settings import RankingLossName
 from agent.models.neural import NeuralRecommender, ScoringNet, SequenceNet, left_pad
@@ -212,7 +213,7 @@ def make_ranking_loss(
 ) -> RankingLoss:
     """``train.loss`` (or ``name``) for ``rec``'s catalogue, popularity from these rows, its
     negatives drawn from ``generator`` (default: one seeded with ``seed + 1``, as the BCE
-    trainer always did)."""
+    trainer always did; ``seed + 1 + rank`` on the other ranks of a data-parallel run)."""
     t = rec.settings.train
     catalog = rec.data.catalog
     chosen: RankingLossName = t.loss if name is None else name
@@ -233,7 +234,7 @@ def make_ranking_loss(
         gbce_shared=t.gbce_shared,
         device=rec.device,
         generator=generator
-        or torch.Generator(device=rec.device).manual_seed(rec.settings.seed + 1),
+        or torch.Generator(device=rec.device).manual_seed(negative_seed(rec.settings.seed)),
         ce_matmul_dtype=ce_dtype,
     )
 
@@ -295,10 +296,19 @@ def _fit_loop(
     returns the loss to minimise as ``"loss"`` and any other component; each history entry
     holds the mean of every component. ``eval_start``: score the untrained state first, so
     that training that never beats it keeps it (used for LLM-RecG's fusion phase).
+
+    Data-parallel (a torch.distributed process group of several ranks, agent/models/
+    distributed.py): every rank walks the same seeded batch order and trains on its shard of
+    each batch; the gradients are averaged before each optimizer step, so the ranks' weights
+    stay equal. Rank 0 alone runs ``valid_fn`` and broadcasts the score, so the best epoch
+    and early stopping agree everywhere; rank 0 alone writes ``out``.
     """
     settings = rec.settings
     cfg = settings.train  # (train.threads is applied when the recommender is built)
-    seed_everything(settings.seed)
+    dp = DataParallel.current(rec.device)
+    # rank 0 keeps the single-process seed; the others draw other dropout masks for their
+    # rows (the batch order has its own generator below, the same on every rank)
+    seed_everything(settings.seed + dp.rank)
     # Adam's moments of item rows that get no gradient decay geometrically into denormal
     # floats after ~800 steps, and CPU arithmetic on denormals is slow: without this, epoch
     # times grew 12 s -> 22 s -> 34 s on food-kitchen.
@@ -319,6 +329,7 @@ def _fit_loop(
         batch_size=None,
     )
     trainable = [p for p in (net.parameters() if params is None else params) if p.requires_grad]
+    dp.broadcast_module(net)  # the ranks start from rank 0's weights, as DDP would
     # fused: one kernel for the whole update; the dense item table makes the step a large
     # share of each batch's time on CPU
     optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
@@ -331,6 +342,14 @@ def _fit_loop(
         len(loader),
         cfg.batch_size,
     )
+    if dp.active:
+        log.info(
+            "%s: data-parallel rank %d of %d, ~%d rows of each batch",
+            name,
+            dp.rank,
+            dp.world,
+            -(-cfg.batch_size // dp.world),
+        )
     report = FitReport(checkpoint=out)
     best, stale = -math.inf, 0
     best_state: dict[str, Tensor] | None = None
@@ -340,12 +359,13 @@ def _fit_loop(
         assert valid_fn is not None
         t1 = time.perf_counter()
         net.eval()
-        score = float(valid_fn(rec))
+        # the other ranks wait for rank 0's score: one evaluation, one decision for all
+        score = dp.broadcast_float(float(valid_fn(rec)) if dp.main else math.nan)
         entry["valid_ndcg10"], entry["valid_seconds"] = score, time.perf_counter() - t1
         if score > best:
             best, report.best_epoch, report.best_valid_ndcg10 = score, epoch, score
             best_state, stale = copy.deepcopy(net.state_dict()), 0
-            if out is not None:
+            if out is not None and dp.main:
                 rec.save(out)  # at once: an interrupted run keeps its best model
             return True
         stale += 1
@@ -363,12 +383,15 @@ def _fit_loop(
         counts: dict[str, int] = {}  # a component may be absent from a batch (no pair in it)
         bar = tqdm(loader, desc=f"{name} {epoch}/{epochs}", leave=False, disable=None)
         for x, y, r in bar:
+            if dp.active:  # before trimming: a shard may need fewer columns than its batch
+                x, y, r = dp.shard(x, y, r)
             # inputs and targets are padded at the same columns; drop all-padding columns
             first = int(torch.nonzero((x > 0).any(dim=0))[0])
             x, y = x[:, first:].to(rec.device), y[:, first:].to(rec.device)
             parts = step(x, y, r)
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(parts["loss"])
+            dp.all_reduce_grads(trainable)
             optimizer.step()
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
@@ -380,6 +403,9 @@ def _fit_loop(
         train_seconds += seconds
         entry = {"epoch": float(epoch), "seconds": seconds}
         entry |= {key: value / counts[key] for key, value in sums.items()}
+        # the loss over all ranks (every rank has it; the other components may be missing
+        # from a rank's shards, so they stay this rank's means)
+        entry["loss"] = dp.mean_float(entry["loss"])
         report.epochs = epoch
         report.history.append(entry)
         if valid_fn is None or epoch % cfg.eval_every:
@@ -414,7 +440,7 @@ def _fit_loop(
         net.load_state_dict(best_state)
     else:
         report.best_epoch = report.epochs
-        if out is not None:
+        if out is not None and dp.main:
             rec.save(out)
     net.eval()
     report.seconds = time.perf_counter() - start

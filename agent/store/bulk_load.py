@@ -26,7 +26,7 @@ class UpsertBatch:
     """A Ray actor's Chroma client; each call upserts one batch, grouped by collection."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
-        from agent.store.chroma_store import make_client
+        from agent.store.client import make_client
 
         self._client = make_client(Settings.model_validate(settings))
         self._collections: dict[str, Any] = {}

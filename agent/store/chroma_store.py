@@ -19,62 +19,31 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
-import chromadb
 import httpx
 import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.api.types import Metadata
-from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import ChromaError
 from tqdm import tqdm
 
 from agent.config import Settings
 from agent.data.schema import Dataset
+from agent.store.client import StoreError, make_client
 
 log = logging.getLogger(__name__)
+
+__all__ = ["ItemIndex", "StoreError", "make_client"]
 
 _TITLE_CHARS = 200  # metadata is for people reading the store, not for search
 # What a server that died or broke mid-run raises through chromadb's HTTP client.
 _STORE_FAILURES = (httpx.HTTPError, ChromaError, ConnectionError, OSError)
-
-
-class StoreError(RuntimeError):
-    """The vector store cannot be used; the message names the URL or path."""
-
-
-def make_client(settings: Settings) -> ClientAPI:
-    """``HttpClient`` when ``settings.store.url`` is set, else an embedded ``PersistentClient``."""
-    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-    chroma_settings = ChromaSettings(anonymized_telemetry=False)
-    url = settings.store.url
-    if url:
-        parsed = urlparse(url if "://" in url else f"http://{url}")
-        if not parsed.hostname:
-            raise StoreError(f"store.url {url!r}: expected http(s)://host:port")
-        ssl = parsed.scheme == "https"
-        try:
-            client = chromadb.HttpClient(
-                host=parsed.hostname,
-                port=parsed.port or (443 if ssl else 8000),
-                ssl=ssl,
-                settings=chroma_settings,
-            )
-            client.heartbeat()
-        except Exception as exc:  # chromadb raises plain exceptions of several kinds here
-            raise StoreError(f"cannot reach the Chroma server at {url}: {exc}") from exc
-        return client
-    path = settings.store_path
-    path.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(path), settings=chroma_settings)
 
 
 def collection_name(base: str, model_id: str) -> str:

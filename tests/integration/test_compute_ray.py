@@ -331,3 +331,39 @@ def test_profiles_equal_on_both_engines_through_a_failing_endpoint(
     for mine, theirs in zip(local, on_ray, strict=True):
         assert mine.tree is not None and theirs.tree is not None
         assert _content(theirs.tree) == _content(mine.tree)
+
+
+def test_profile_command_on_ray_then_from_the_cache(
+    ray_cluster: Any,
+    session_settings: Settings,
+    slice_embeddings: np.ndarray,
+    tmp_path: Path,
+) -> None:
+    """`recbridge profile` with compute.engine=ray (facts mode: no LLM): every user's tree in
+    the output file, and a second run finds them all in the profile cache."""
+    from typer.testing import CliRunner
+
+    from agent.cli.main import app
+
+    out = tmp_path / "profiles.jsonl"
+    argv = [
+        "--set", f"data.path={session_settings.data.path}",
+        "--set", f"work_dir={tmp_path / 'work'}",
+        "--set", f"embedding.cache_dir={session_settings.embedding_cache_dir}",
+        "--set", "compute.engine=ray",
+        "--set", "compute.profile_batch=2",
+        "--set", "profile.mode=facts",
+        "profile", "--split", "test", "--users", "5", "--no-store", "--out", str(out), "--json",
+    ]  # fmt: skip
+    runner = CliRunner()
+    first = runner.invoke(app, argv)
+    assert first.exit_code == 0, first.output
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 5
+    assert all(r["ok"] and not r["cached"] and r["tree"]["mode"] == "facts" for r in rows)
+    second = runner.invoke(app, argv)
+    assert second.exit_code == 0, second.output
+    again = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["user_id"] for r in again] == [r["user_id"] for r in rows]
+    assert all(r["cached"] for r in again)
+    assert [r["tree"]["profile"] for r in again] == [r["tree"]["profile"] for r in rows]

@@ -1,7 +1,7 @@
 """Imports in agent/ point one way, down the layers, with no circles (read from the source with
 ast: every import counts, also those inside functions or under TYPE_CHECKING).
 
-    settings < data < llm < items/prompts/store < profiles < models < rerank
+    settings/compute < data < llm < items/prompts/store < profiles < models < rerank
              < pipeline/scoring < service < api/cli/integrations
 
 The LLM client (agent.llm) needs only the settings; item texts (agent.items) and prompts use
@@ -27,12 +27,13 @@ LAYERS: list[tuple[str, ...]] = [
         "agent.models.method_settings",  # pure pydantic settings that config embeds
         "agent.logging_setup",
         "agent.sqlite_store",
+        "agent.compute",  # the Ray engine's batch jobs: rows through an actor pool, generic
     ),
     ("agent.data",),
     ("agent.llm",),
     ("agent.items", "agent.prompts", "agent.store"),
     ("agent.profiles",),
-    ("agent.models",),
+    ("agent.models", "agent.compute.train"),  # Ray Train runs the models' training loop
     ("agent.rerank",),
     ("agent.pipeline", "agent.scoring"),
     ("agent.service",),
