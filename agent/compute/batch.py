@@ -2,7 +2,8 @@
 
 Every job here has the same shape: a table of input rows with a unique id column is mapped by
 a callable class (one instance per actor, so a model or an LLM client loads once per worker),
-and each output batch is written as parquet under ``<compute_dir>/<job>/<key>/``. The caller
+and each output batch is written as a parquet part under ``<compute_dir>/<job>/<key>/`` by
+the actor that computed it. The caller
 reads the results back and upserts them into its store (the embedding cache, the profile
 cache, an output file), then calls ``finish`` to drop the parts.
 
@@ -14,8 +15,12 @@ Faults:
   reported in ``JobReport.failed`` and computed again by the next run.
 - A job killed midway resumes: rows already in readable parts are not sent again (the ids
   already written; Ray Data's own CheckpointConfig is beta in 2.60 and reserves a 1 GiB actor
-  per filter, too heavy for a small cluster). A part cut short by the kill does not read and
-  is deleted. Rows written twice (a retried batch) are kept once.
+  per filter, too heavy for a small cluster). A part is renamed into place once complete, so
+  a kill mid-write leaves only a ``.partial`` file, removed at the next start. Rows written
+  twice (a batch retried after its part was written) are kept once.
+
+On several machines ``compute.out_dir`` must be storage every node sees (NFS, a mounted
+bucket), as for Ray's own file checkpoints.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,17 +89,25 @@ class JobReport:
 
 
 class _Stage:
-    """The actor: builds the job's function once, then maps batches; sets its error column."""
+    """The actor: builds the job's function once, then maps batches and writes each result as
+    one parquet part itself (renamed into place when complete), so parts land as batches
+    finish and no extra write tasks compete with the actors for the CPUs."""
 
-    def __init__(self, actor: type, args: tuple[Any, ...]) -> None:
+    def __init__(self, actor: type, args: tuple[Any, ...], folder: str, id_column: str) -> None:
         self._fn: Callable[[Columns], dict[str, np.ndarray]] = actor(*args)
+        self._folder = Path(folder)
+        self._id_column = id_column
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = dict(self._fn(batch))
+        ids = out[self._id_column]
         if ERROR_COLUMN not in out:
-            n = len(next(iter(out.values()))) if out else 0
-            out[ERROR_COLUMN] = np.full(n, "", dtype=object)
-        return out
+            out[ERROR_COLUMN] = np.full(len(ids), "", dtype=object)
+        name = uuid.uuid4().hex
+        partial = self._folder / f"{name}.partial"
+        pq.write_table(pa.table({k: list(v) for k, v in out.items()}), partial)
+        partial.rename(self._folder / f"{name}.parquet")
+        return {self._id_column: ids}
 
 
 def read_parts(folder: Path) -> tuple[pa.Table | None, int]:
@@ -101,6 +115,8 @@ def read_parts(folder: Path) -> tuple[pa.Table | None, int]:
     how many unreadable parts (cut short by a kill) were deleted."""
     tables: list[pa.Table] = []
     broken = 0
+    for stale in folder.glob("*.partial"):  # a part whose writer was killed mid-write
+        stale.unlink(missing_ok=True)
     for path in sorted(folder.glob("*.parquet")):
         try:
             tables.append(pq.read_table(path))
@@ -166,7 +182,7 @@ def run_batches(job: BatchJob, rows: pa.Table, settings: Settings) -> tuple[pa.T
             ]
             ds = ray.data.from_arrow(blocks).map_batches(
                 _Stage,
-                fn_constructor_args=(job.actor, job.actor_args),
+                fn_constructor_args=(job.actor, job.actor_args, str(folder), job.id_column),
                 batch_size=job.batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=job.workers),
@@ -175,9 +191,8 @@ def run_batches(job: BatchJob, rows: pa.Table, settings: Settings) -> tuple[pa.T
                 max_restarts=-1,
                 max_task_retries=settings.compute.max_retries,
             )
-            # Writing takes no CPU slot, so parts land as batches finish (what a killed job
-            # keeps) instead of after the last batch, when the actors release the CPUs.
-            ds.write_parquet(str(folder), ray_remote_args={"num_cpus": 0})
+            for _ in ds.iter_batches(batch_size=None):  # the ids of the parts written
+                pass
     table, _ = read_parts(folder)
     if table is None:
         raise RuntimeError(f"{job.name}: the job wrote nothing to {folder}")

@@ -17,10 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from agent.compute.batch import BatchJob, read_parts, run_batches
+from agent.compute.batch import BatchJob, finish, run_batches
 from agent.config import Settings, load_settings
 from agent.data.schema import Dataset
-from agent.items.embeddings import EmbedBatch, item_embeddings
+from agent.items.cache import EmbeddingCache
+from agent.items.embeddings import item_embeddings
 from agent.items.text import renderer_for
 from agent.llm.factory import make_backend
 from agent.models.prepare import train_checkpoint
@@ -49,31 +50,6 @@ def local_vectors(slice_data: Dataset, session_settings: Settings) -> np.ndarray
     return item_embeddings(slice_data, session_settings, progress=False)
 
 
-def test_embeddings_equal_on_both_engines(
-    ray_cluster: Any,
-    slice_dir: Path,
-    slice_data: Dataset,
-    local_vectors: np.ndarray,
-    tmp_path: Path,
-) -> None:
-    settings = _settings(slice_dir, tmp_path / "work", **RAY)
-    on_ray = item_embeddings(slice_data, settings, progress=False)
-    assert on_ray.shape == local_vectors.shape
-    assert np.abs(on_ray - local_vectors).max() <= 1e-5
-    # every row came back (none is the zero padding row) and the parts were dropped after
-    assert np.all(np.linalg.norm(on_ray[1:], axis=1) > 0.99)
-    assert not any((settings.compute_dir / "embed").rglob("*.parquet"))
-    # a second run finds everything in the cache: no Ray job, same matrix
-    again = item_embeddings(slice_data, settings, progress=False)
-    assert np.array_equal(again, on_ray)
-
-
-def _texts(data: Dataset, settings: Settings, n: int) -> pa.Table:
-    renderer = renderer_for(settings)
-    ids = data.catalog.ids[:n]
-    return pa.table({"key": list(ids), "text": [renderer.item_text(data.items[i]) for i in ids]})
-
-
 def _worker_pids() -> list[int]:
     """Processes of Ray Data actors (their titles name the map worker)."""
     pids = []
@@ -89,94 +65,88 @@ def _worker_pids() -> list[int]:
     return pids
 
 
-def _vectors(table: pa.Table) -> dict[str, np.ndarray]:
-    return {
-        key: np.frombuffer(blob, dtype="<f4")
-        for key, blob in zip(
-            table.column("key").to_pylist(), table.column("vector").to_pylist(), strict=True
-        )
-    }
-
-
-def test_worker_killed_mid_job_loses_and_repeats_nothing(
+def test_embeddings_equal_on_both_engines_with_a_worker_killed_midway(
     ray_cluster: Any,
     slice_dir: Path,
     slice_data: Dataset,
     local_vectors: np.ndarray,
     tmp_path: Path,
 ) -> None:
+    """The slice embedded on Ray while one of its two workers is killed after the first
+    parts are written: the job finishes with every vector, equal to the local engine's."""
     settings = _settings(slice_dir, tmp_path / "work", **RAY)
-    rows = _texts(slice_data, settings, 640)
-    job = BatchJob(
-        name="embed",
-        key="kill-test",
-        id_column="key",
-        actor=EmbedBatch,
-        actor_args=(settings.embedding.model_dump(mode="json"),),
-        batch_size=32,
-        workers=2,
-    )
+    folder = settings.compute_dir / "embed"
     killed: list[int] = []
 
     def kill_one_worker() -> None:
-        deadline = time.monotonic() + 300
-        folder = settings.compute_dir / "embed" / "kill-test"
+        deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not killed:
             pids = _worker_pids()
             # midway: the actors are up and some batches are written
-            if pids and folder.is_dir() and any(folder.glob("*.parquet")):
+            if pids and folder.is_dir() and any(folder.rglob("*.parquet")):
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
             time.sleep(0.02)
 
     killer = threading.Thread(target=kill_one_worker, daemon=True)
     killer.start()
-    table, report = run_batches(job, rows, settings)
+    on_ray = item_embeddings(slice_data, settings, progress=False)
     killer.join(timeout=5)
     assert killed, "no Ray worker was seen to kill"
-    assert report.failed == {}
-    keys = table.column("key").to_pylist()
-    assert sorted(keys) == sorted(rows.column("key").to_pylist())  # all there, once each
-    dense = {iid: i for i, iid in enumerate(slice_data.catalog.ids, start=1)}
-    for key, vector in _vectors(table).items():
-        assert np.abs(vector - local_vectors[dense[key]]).max() <= 1e-5
+    assert on_ray.shape == local_vectors.shape
+    assert np.abs(on_ray - local_vectors).max() <= 1e-5
+    # every row came back (none is the zero padding row) and the parts were dropped after
+    assert np.all(np.linalg.norm(on_ray[1:], axis=1) > 0.99)
+    assert not any(folder.rglob("*.parquet"))
+    with EmbeddingCache(settings.embedding_cache_dir) as cache:
+        # one vector per distinct text: nothing lost, nothing stored twice
+        texts = {renderer_for(settings).item_text(item) for item in slice_data.items.values()}
+        assert cache.count() == len(texts)
+    # a second run finds everything in the cache: no Ray job, same matrix
+    again = item_embeddings(slice_data, settings, progress=False)
+    assert np.array_equal(again, on_ray)
+
+
+class _Upper:
+    """A batch function with no model: what the resume logic sees of any job."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"key": batch["key"], "upper": np.array([str(t).upper() for t in batch["text"]])}
+
+
+def _ship_this_module() -> None:
+    from ray import cloudpickle
+
+    # the workers cannot import this test module: its classes go by value
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def test_job_resumes_from_the_parts_of_a_killed_run(
-    ray_cluster: Any, slice_dir: Path, slice_data: Dataset, tmp_path: Path
+    ray_cluster: Any, slice_dir: Path, tmp_path: Path
 ) -> None:
+    _ship_this_module()
     settings = _settings(slice_dir, tmp_path / "work", **RAY)
-    rows = _texts(slice_data, settings, 192)
-    job = BatchJob(
-        "embed",
-        "resume-test",
-        "key",
-        EmbedBatch,
-        (settings.embedding.model_dump(mode="json"),),
-        batch_size=32,
-        workers=2,
-    )
+    rows = pa.table({"key": [f"k{i:03d}" for i in range(120)], "text": ["abc"] * 120})
+    job = BatchJob("check", "resume", "key", _Upper, batch_size=20, workers=1)
     # the interrupted run: its first half was written, then a part was cut short by the kill
-    _, report = run_batches(job, rows.slice(0, 96), settings)
-    assert report.computed == 96
-    folder = settings.compute_dir / "embed" / "resume-test"
+    _, report = run_batches(job, rows.slice(0, 60), settings)
+    assert report.computed == 60
+    folder = settings.compute_dir / "check" / "resume"
     (folder / "cut-short.parquet").write_bytes(b"PAR1 truncated")
     table, report = run_batches(job, rows, settings)
-    assert report.resumed == 96
-    assert report.computed == 96
+    assert (report.resumed, report.computed, report.failed) == (60, 60, {})
     assert not (folder / "cut-short.parquet").exists()  # unreadable: deleted, redone
-    assert sorted(table.column("key").to_pylist()) == sorted(rows.column("key").to_pylist())
-    assert read_parts(folder)[0] is not None
+    assert sorted(table.column("key").to_pylist()) == rows.column("key").to_pylist()
+    assert set(table.column("upper").to_pylist()) == {"ABC"}
+    finish(job, settings)
+    assert not folder.exists()
 
 
 def test_bad_rows_are_counted_not_dropped(
     ray_cluster: Any, slice_dir: Path, tmp_path: Path
 ) -> None:
     """A function failing on some rows: they come back failed and counted, the rest done."""
-    from ray import cloudpickle
-
-    # the workers cannot import this test module: ship its class by value
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    _ship_this_module()
     settings = _settings(slice_dir, tmp_path / "work", **RAY)
     rows = pa.table({"key": [f"k{i}" for i in range(40)], "text": ["x"] * 40})
     job = BatchJob("check", "bad-rows", "key", _FailsOnOdd, batch_size=8, workers=1)
@@ -238,7 +208,7 @@ def test_scores_identical_on_both_engines(
             "train.hidden": 32,
             "train.max_len": 20,
             "embedding.cache_dir": str(session_settings.embedding_cache_dir),
-            "compute.workers": 2,
+            "compute.workers": 1,
         },
     )
     checkpoint = tmp_path / "ckpt"

@@ -1,0 +1,42 @@
+"""The batch jobs' parts on disk, without Ray: reading them back after a kill, and one row per
+id when a retried batch wrote some rows twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from agent.compute.batch import _first_ok, read_parts
+
+
+def test_read_parts_skips_and_deletes_a_part_cut_short(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"key": ["a", "b"], "error": ["", ""]}), tmp_path / "p1.parquet")
+    pq.write_table(pa.table({"key": ["c"], "error": [""]}), tmp_path / "p2.parquet")
+    whole = (tmp_path / "p2.parquet").read_bytes()
+    (tmp_path / "p3.parquet").write_bytes(whole[: len(whole) // 2])  # killed mid-write
+    table, broken = read_parts(tmp_path)
+    assert table is not None
+    assert sorted(table.column("key").to_pylist()) == ["a", "b", "c"]
+    assert broken == 1
+    assert not (tmp_path / "p3.parquet").exists()
+
+
+def test_read_parts_of_an_empty_folder(tmp_path: Path) -> None:
+    assert read_parts(tmp_path) == (None, 0)
+
+
+def test_one_row_per_id_preferring_a_success() -> None:
+    table = pa.table(
+        {
+            "key": ["a", "b", "a", "c", "b"],
+            "value": [1, 2, 3, 4, 5],
+            "error": ["timeout", "", "", "", ""],
+        }
+    )
+    kept, dropped = _first_ok(table, "key")
+    assert dropped == 2
+    rows = dict(zip(kept.column("key").to_pylist(), kept.column("value").to_pylist(), strict=True))
+    # a's failed first try gives way to its success; b keeps its first success
+    assert rows == {"a": 3, "b": 2, "c": 4}
