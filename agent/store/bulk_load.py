@@ -9,6 +9,7 @@ driver upserts as before.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
@@ -53,17 +54,27 @@ class UpsertBatch:
 
 def upsert_on_ray(
     settings: Settings,
-    collection: str,
+    collections: list[str],
     ids: list[str],
     vectors: np.ndarray,
     metadatas: list[dict[str, Any]],
     batch_size: int,
 ) -> dict[str, str]:
-    """Upsert into the server's ``collection`` from ``compute.workers`` actors; the failed
-    rows (``item id -> error``), empty when all went in."""
+    """Upsert row i into ``collections[i]`` of the server from ``compute.workers`` actors;
+    the failed rows (``collection/item id -> error``), empty when all went in."""
+    rows = pa.table(
+        {
+            "row": [f"{c}/{i}" for c, i in zip(collections, ids, strict=True)],
+            "collection": collections,
+            "item_id": ids,
+            "vector": [np.ascontiguousarray(v, dtype="<f4").tobytes() for v in vectors],
+            "metadata": [json.dumps(m) for m in metadatas],
+        }
+    )
+    key = hashlib.sha256("\n".join(sorted(set(collections))).encode()).hexdigest()[:16]
     job = BatchJob(
         name="upsert",
-        key=collection,
+        key=key,
         id_column="row",
         actor=UpsertBatch,
         actor_args=(settings.model_dump(mode="json"),),
@@ -71,23 +82,15 @@ def upsert_on_ray(
         workers=settings.compute.workers,
         cpus_per_worker=0.5,  # mostly waiting on the server
     )
-    rows = pa.table(
-        {
-            "row": ids,
-            "collection": [collection] * len(ids),
-            "item_id": ids,
-            "vector": [np.ascontiguousarray(v, dtype="<f4").tobytes() for v in vectors],
-            "metadata": [json.dumps(m) for m in metadatas],
-        }
-    )
     _, report = run_batches(job, rows, settings)
     if not report.failed:
         finish(job, settings)
     log.info(
-        "upserted %d vectors into %s from %d Ray workers: %.0f items/s",
+        "upserted %d vectors into %d collection(s) from %d Ray workers in %.1fs: %.0f/s",
         report.computed,
-        collection,
+        len(set(collections)),
         job.workers,
+        report.seconds,
         report.rows_per_s,
     )
     return report.failed

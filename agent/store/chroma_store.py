@@ -93,6 +93,8 @@ class ItemIndex:
         self._collection: Collection | None = None
         self._domains: dict[str, Collection] = {}
         self._ready: set[str] = set()  # domain collections known to be filled
+        # compute.engine=ray with a server: the upserts of one index() call, run as one job
+        self._deferred: list[tuple[Collection, list[int], str]] | None = None
 
     def _open(self, name: str, metadata: dict[str, str]) -> Collection:
         store = self.settings.store
@@ -167,6 +169,8 @@ class ItemIndex:
                 f"embeddings have {embeddings.shape[0]} rows, expected {len(catalog) + 1}"
             )
         started = time.perf_counter()
+        on_ray = self.settings.compute.engine == "ray" and bool(self.settings.store.url)
+        self._deferred = [] if on_ray else None
         # domain collections first: a run killed before the main collection is complete is
         # redone by callers that check the main collection's count
         for domain in catalog.domains:
@@ -188,6 +192,9 @@ class ItemIndex:
             self.batch_size,
         )
         self._write(data, embeddings, todo, self.collection, "items", progress)
+        if self._deferred:
+            self._upsert_on_ray(data, embeddings, self._deferred)
+        self._deferred = None
         for start in range(0, len(stale), self.batch_size):
             try:
                 self.collection.delete(ids=stale[start : start + self.batch_size])
@@ -280,26 +287,8 @@ class ItemIndex:
         process, or from Ray actors into a server (``compute.engine=ray`` with ``store.url``)."""
         if not todo:
             return
-        if self.settings.compute.engine == "ray" and self.settings.store.url:
-            from agent.store.bulk_load import upsert_on_ray
-
-            ids = [data.catalog.ids[d - 1] for d in todo]
-            failed = upsert_on_ray(
-                self.settings,
-                collection.name,
-                ids,
-                embeddings[todo],
-                [dict(m) for m in self._metadatas(data, embeddings, todo)],
-                self.batch_size,
-            )
-            if failed:
-                first = next(iter(failed.items()))
-                raise self._failed(
-                    f"upsert ({label}) on Ray",
-                    len(todo) - len(failed),
-                    len(todo),
-                    RuntimeError(f"{len(failed)} items failed, e.g. {first[0]}: {first[1]}"),
-                )
+        if self._deferred is not None:  # one Ray job for every collection, at the end
+            self._deferred.append((collection, todo, label))
             return
         desc = f"indexing {label}"
         with tqdm(total=len(todo), desc=desc, unit="item", disable=not progress) as bar:
@@ -310,6 +299,38 @@ class ItemIndex:
                 except _STORE_FAILURES as exc:
                     raise self._failed(f"upsert ({label})", start, len(todo), exc) from exc
                 bar.update(len(chunk))
+
+    def _upsert_on_ray(
+        self,
+        data: Dataset,
+        embeddings: np.ndarray,
+        writes: list[tuple[Collection, list[int], str]],
+    ) -> None:
+        """Every collection's upserts from Ray actors, each with its own client, as one job:
+        an embedded store is one process's folder, so only a server is written this way."""
+        from agent.store.bulk_load import upsert_on_ray
+
+        collections: list[str] = []
+        dense: list[int] = []
+        for collection, todo, _ in writes:
+            collections += [collection.name] * len(todo)
+            dense += todo
+        failed = upsert_on_ray(
+            self.settings,
+            collections,
+            [data.catalog.ids[d - 1] for d in dense],
+            embeddings[dense],
+            [dict(m) for m in self._metadatas(data, embeddings, dense)],
+            self.batch_size,
+        )
+        if failed:
+            first = next(iter(failed.items()))
+            raise self._failed(
+                "upsert on Ray",
+                len(dense) - len(failed),
+                len(dense),
+                RuntimeError(f"{len(failed)} items failed, e.g. {first[0]}: {first[1]}"),
+            )
 
     @staticmethod
     def _metadatas(
