@@ -194,8 +194,10 @@ def run_batches(job: BatchJob, rows: pa.Table, settings: Settings) -> tuple[pa.T
             for _ in ds.iter_batches(batch_size=None):  # the ids of the parts written
                 pass
     table, _ = read_parts(folder)
-    if table is None:
-        raise RuntimeError(f"{job.name}: the job wrote nothing to {folder}")
+    if table is None:  # no rows asked for (or every part lost): all of them count as failed
+        table = pa.table(
+            {job.id_column: pa.array([], pa.string()), ERROR_COLUMN: pa.array([], pa.string())}
+        )
     table, report.duplicates = _first_ok(table, job.id_column)
     if report.duplicates:
         log.info(

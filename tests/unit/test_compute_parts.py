@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from agent.compute.batch import _first_ok, read_parts
+from agent.compute.batch import BatchJob, _first_ok, read_parts, run_batches
+from agent.config import load_settings
 
 
 def test_read_parts_skips_and_deletes_a_part_cut_short(tmp_path: Path) -> None:
@@ -40,3 +42,18 @@ def test_one_row_per_id_preferring_a_success() -> None:
     rows = dict(zip(kept.column("key").to_pylist(), kept.column("value").to_pylist(), strict=True))
     # a's failed first try gives way to its success; b keeps its first success
     assert rows == {"a": 3, "b": 2, "c": 4}
+
+
+def test_no_rows_is_an_empty_result_without_starting_ray(tmp_path: Path) -> None:
+    settings = load_settings(overrides={"work_dir": str(tmp_path)})
+    job = BatchJob("check", "empty", "key", object)
+    table, report = run_batches(job, pa.table({"key": pa.array([], pa.string())}), settings)
+    assert table.num_rows == 0
+    assert (report.rows, report.computed, report.failed) == (0, 0, {})
+
+
+def test_repeated_ids_are_refused(tmp_path: Path) -> None:
+    settings = load_settings(overrides={"work_dir": str(tmp_path)})
+    job = BatchJob("check", "repeated", "key", object)
+    with pytest.raises(ValueError, match="repeated values"):
+        run_batches(job, pa.table({"key": ["a", "b", "a"]}), settings)
