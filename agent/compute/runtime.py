@@ -50,6 +50,14 @@ def portable_settings(settings: Settings) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
+def worker_settings(settings: Settings) -> dict[str, Any]:
+    """``portable_settings`` for an actor of a job: on the local engine, since an actor reads
+    what the driver prepared (embeddings in the cache) instead of starting jobs of its own."""
+    body = portable_settings(settings)
+    body["compute"]["engine"] = "local"
+    return body
+
+
 @contextlib.contextmanager
 def ray_session(settings: Settings) -> Iterator[Any]:
     """The ``ray`` module with a connected session for the block.

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from agent.compute.batch import BatchJob, Columns, finish, run_batches
+from agent.compute.runtime import worker_settings
 from agent.config import Settings
 from agent.data.schema import UserSequence
 from agent.profiles.profiler import HierarchicalProfiler, ProfileRunStats, UserResult
@@ -128,7 +129,7 @@ def profile_on_ray(
             key=_job_key(profiler, settings),
             id_column="user_id",
             actor=ProfileBatch,
-            actor_args=(_worker_settings(settings), profiler.adapter),
+            actor_args=(worker_settings(settings), profiler.adapter),
             batch_size=size,
             workers=settings.compute.workers,
         )
@@ -175,11 +176,3 @@ def profile_on_ray(
         stats.add(result)
     stats.seconds += stats_local.seconds
     return ordered, stats
-
-
-def _worker_settings(settings: Settings) -> dict[str, Any]:
-    from agent.compute.runtime import portable_settings
-
-    body = portable_settings(settings)
-    body["compute"]["engine"] = "local"  # a worker reads the embeddings the driver cached
-    return body

@@ -21,7 +21,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from agent.compute.batch import BatchJob, Columns, finish, run_batches
-from agent.compute.runtime import ComputeError, portable_settings
+from agent.compute.runtime import ComputeError, worker_settings
 from agent.config import Settings
 from agent.models.base import Recommender
 from agent.scoring import (
@@ -99,7 +99,7 @@ def score_file_on_ray(
         id_column="group",
         actor=ScoreBatch,
         actor_args=(
-            _worker_settings(settings),
+            worker_settings(settings),
             model.name,
             str(checkpoint.resolve()) if checkpoint else None,
         ),
@@ -133,9 +133,3 @@ def score_file_on_ray(
         summary.lines / max(summary.seconds, 1e-9),
     )
     return summary
-
-
-def _worker_settings(settings: Settings) -> dict[str, Any]:
-    body = portable_settings(settings)
-    body["compute"]["engine"] = "local"
-    return body
