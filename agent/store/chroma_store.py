@@ -297,8 +297,13 @@ class ItemIndex:
                 try:
                     self._upsert(data, embeddings, chunk, collection)
                 except _STORE_FAILURES as exc:
-                    raise self._failed(f"upsert ({label})", start, len(todo), exc) from exc
+                    what = "upsert" if collection is self._collection else f"upsert ({label})"
+                    raise self._failed(what, start, len(todo), exc) from exc
                 bar.update(len(chunk))
+                if collection is self._collection:  # (a resume test watches for this line)
+                    log.debug("upserted %d/%d", start + len(chunk), len(todo))
+                else:
+                    log.debug("%s collection: %d/%d", label, start + len(chunk), len(todo))
 
     def _upsert_on_ray(
         self,
