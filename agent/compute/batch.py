@@ -150,9 +150,8 @@ def run_batches(job: BatchJob, rows: pa.Table, settings: Settings) -> tuple[pa.T
     started = time.perf_counter()
     folder = job_dir(settings, job.name, job.key)
     report = JobReport(rows=rows.num_rows)
-    if rows.column(job.id_column).to_pylist() != list(
-        dict.fromkeys(rows.column(job.id_column).to_pylist())
-    ):
+    row_ids = rows.column(job.id_column).to_pylist()
+    if len(set(row_ids)) != len(row_ids):
         raise ValueError(f"{job.name}: the id column {job.id_column!r} has repeated values")
     earlier, _ = read_parts(folder)
     done: set[str] = set()
@@ -213,7 +212,7 @@ def run_batches(job: BatchJob, rows: pa.Table, settings: Settings) -> tuple[pa.T
         )
     )
     report.failed = {k: v for k, v in errors.items() if v}
-    missing = set(rows.column(job.id_column).to_pylist()) - set(errors)
+    missing = set(row_ids) - set(errors)
     for row_id in missing:  # never silently: a row with no result is a failed row
         report.failed[row_id] = "no result came back"
     todo_ids = set(todo.column(job.id_column).to_pylist())
