@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 # The two SASRec retrievers of the retriever study (README): ID items, and ID + text items.
 DEFAULT_MODELS = "popularity,text-knn,sasrec-id,sasrec-hybrid"
 DEFAULT_RERANKERS = "listwise,verbalizer"
-# LLM profiling + reranking on a CPU costs about a minute per user: a sample keeps it minutes.
-DEFAULT_RERANK_USERS = 10
+# LLM profiling + reranking on a CPU costs about 40 CPU-seconds per user: a sample keeps it
+# minutes (5 users keep a cold `make run` under 15 minutes on 2 cores; 10 took 16.5).
+DEFAULT_RERANK_USERS = 5
 EXAMPLE_TOP = 10
 PREPARE_ERRORS: tuple[type[Exception], ...] = (*EVAL_ERRORS, *SERVICE_ERRORS, TrainingFailed)
 RERANK_ERRORS: tuple[type[Exception], ...] = (*LLM_ERRORS, *SERVICE_ERRORS)
