@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: install ray vllm-env llm-prepare run test test-unit lint bench bench-methods bench-api clean \
+.PHONY: install ray vllm-env browser llm-prepare run test test-unit lint bench bench-methods bench-api clean \
 	second-stage second-stage-eval
 
 # torch first, pinned: a looser pin pulls a multi-GB CUDA build. --no-compile: Python compiles
@@ -55,6 +55,16 @@ $(VLLM_STAMP):
 
 vllm-env: $(VLLM_STAMP)
 
+# The browser tests' headless Chromium and its driver, from the system's packages (Debian's
+# chromium + chromium-driver, one version): nothing downloads a browser. As root (CI) with apt
+# they are installed here; elsewhere the line says what to install.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			--no-install-recommends chromium chromium-driver >/dev/null; \
+	else echo "the browser tests need chromium and chromium-driver (apt-get install chromium chromium-driver)"; exit 1; fi
+
 # The plain model folder converted once from the packaged GGUF (idempotent).
 llm-prepare: install
 	$(BIN)/recbridge llm prepare
@@ -62,9 +72,10 @@ llm-prepare: install
 run: install
 	$(BIN)/recbridge run --data $(DATA)
 
-# The LLM integration tests start the real vLLM server: with the env built, a missing one fails.
-test: install ray vllm-env
-	RECBRIDGE_REQUIRE_VLLM=1 $(BIN)/pytest -q
+# The LLM integration tests start the real vLLM server and the browser tests a real Chromium:
+# with both installed here, a missing one fails instead of skipping.
+test: install ray vllm-env browser
+	RECBRIDGE_REQUIRE_VLLM=1 RECBRIDGE_REQUIRE_BROWSER=1 $(BIN)/pytest -q
 
 test-unit: install
 	$(BIN)/pytest -q tests/unit

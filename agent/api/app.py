@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import AfterValidator, BeforeValidator
+from starlette.exceptions import HTTPException
 
 from agent.api import chat
 from agent.api.auth import load_keys
+from agent.api.browse import browse_router
+from agent.api.errors import (
+    KINDS,
+    body_error_message,
+    describe_errors,
+    error_payload,
+    json_error_message,
+)
 from agent.api.guard import Guard, request_id_var
 from agent.api.metrics import Metrics
+from agent.api.page import mount_page
 from agent.api.schemas import (
     ApiRerankRequest,
     ApiRerankResponse,
@@ -33,34 +45,31 @@ from agent.api.schemas import (
     RerankDocument,
     RerankUsage,
     SearchResponse,
+    Text,
+    utf8_input,
+    utf8_text,
 )
 from agent.llm.backend import LLMError
 from agent.profiles.schema import ProfileTree
-from agent.service import SERVICE_ERRORS, RecBridgeService, ServiceError
-from agent.service.messages import split_list
+from agent.service import SERVICE_ERRORS, PipelineSpec, RecBridgeService, ServiceError
 from agent.service.queries import Query as ServiceQuery
 from agent.service.queries import RecommendOutcome, Usage
 
 log = logging.getLogger("recbridge.api")
 
-_KINDS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "service_unavailable",
-}
 ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorBody, "description": kind} for code, kind in _KINDS.items()
+    code: {"model": ErrorBody, "description": kind} for code, kind in KINDS.items()
 }
 
 
-def _error(status: int, message: str, param: str | None, code: str) -> JSONResponse:
-    kind = _KINDS.get(status, "server_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status)
+def _error(
+    status: int,
+    message: str,
+    param: str | None,
+    code: str,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_payload(status, message, param, code), status, headers=headers)
 
 
 def _query(
@@ -86,9 +95,50 @@ def _response(outcome: RecommendOutcome) -> RecommendationResponse:
         fallback=outcome.fallback,
         error=outcome.error,
         resolved=outcome.resolved,
+        exclude_unmatched=outcome.exclude_unmatched,
+        template=outcome.template,
+        adapter=outcome.adapter,
         usage=outcome.usage,
         seconds=outcome.seconds,
     )
+
+
+def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own refusals (no route, wrong method, an unreadable body) in OpenAI's
+    shape; the headers it set (``Allow`` on a 405) kept."""
+    where = f"{request.method} {request.url.path}"
+    status = exc.status_code
+    if status == 404:
+        message, param, code = f"no route {where}; see /docs", None, "not_found"
+    elif status == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = (
+            f"method {request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        )
+        param, code = None, "method_not_allowed"
+    elif status == 400:
+        # FastAPI hides why it could not read the body (RecursionError, UnicodeDecodeError).
+        message, param, code = body_error_message(exc.__cause__), "body", "invalid_json"
+    elif status == 413:
+        message, param, code = f"body: too large ({exc.detail})", "body", "body_too_large"
+    else:
+        message, param, code = f"{where}: {exc.detail}", None, f"http_{status}"
+    return _error(status, message, param, code, exc.headers)
+
+
+def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A body or parameter pydantic refused: 422 naming the fields (one path style); a body
+    that is not JSON at all: 400 with where it broke."""
+    errors = exc.errors()
+    broken = next((e for e in errors if e.get("type") == "json_invalid"), None)
+    if broken is not None:
+        loc = broken.get("loc", ())
+        pos = loc[-1] if loc and isinstance(loc[-1], int) else 0
+        reason = str((broken.get("ctx") or {}).get("error", "JSON decode error"))
+        doc = exc.body if isinstance(exc.body, str | bytes) else ""
+        return _error(400, json_error_message(doc, pos, reason), "body", "invalid_json")
+    message, param = describe_errors(errors, exc.body)
+    return _error(422, message, param, "invalid_value")
 
 
 def create_app(service: RecBridgeService) -> FastAPI:
@@ -121,18 +171,15 @@ def create_app(service: RecBridgeService) -> FastAPI:
         retry_after_s=serve.retry_after_s,
     )
 
+    # Handlers per exception class run inside the middleware (the Guard: request id, access
+    # log); any other exception is the Guard's to answer as an OpenAI-shaped 500.
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query")]
-        param = ".".join(loc) or None
-        message = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p not in ('body', 'query'))}: "
-            f"{e.get('msg', '')}"
-            for e in errors[:5]
-        )
-        return _error(422, message, param, "invalid_value")
+        return _invalid(request, exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _http_error(request, exc)
 
     @app.exception_handler(ServiceError)
     async def refused(request: Request, exc: ServiceError) -> JSONResponse:
@@ -143,13 +190,13 @@ def create_app(service: RecBridgeService) -> FastAPI:
         log.warning("LLM failed: %s", exc)
         return _error(503, f"the LLM is unavailable: {exc}", None, "llm_unavailable")
 
-    @app.exception_handler(Exception)
     async def library_error(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, SERVICE_ERRORS):
-            log.warning("%s: %s", type(exc).__name__, exc)
-            return _error(503, f"{type(exc).__name__}: {exc}", None, "unavailable")
-        log.exception("internal error")
-        return _error(500, "internal error; see the server log", None, "internal_error")
+        log.warning("%s: %s", type(exc).__name__, exc)
+        return _error(503, f"{type(exc).__name__}: {exc}", None, "unavailable")
+
+    for error_class in SERVICE_ERRORS:
+        if error_class not in (ServiceError, LLMError):  # their own handlers above
+            app.add_exception_handler(error_class, library_error)
 
     async def _recommend(query: ServiceQuery) -> RecommendOutcome:
         outcome = await service.arecommend(query)
@@ -173,21 +220,34 @@ def create_app(service: RecBridgeService) -> FastAPI:
             )
         return chat.completion(body, outcome, _response(outcome), rid)
 
+    def card(name: str, spec: PipelineSpec) -> ModelCard:
+        return ModelCard(
+            id=name,
+            created=started,
+            retriever=spec.retriever,
+            reranker=spec.reranker,
+            profile=spec.use_profile,
+            templates=service.rerank_templates(spec.reranker),
+            adapters=service.rerank_adapters(spec.reranker),
+        )
+
     @app.get("/v1/models", response_model=ModelList, tags=["chat"])
     async def models() -> ModelList:
-        """The pipelines this server serves (the ``model`` of every request)."""
-        return ModelList(
-            data=[
-                ModelCard(
-                    id=name,
-                    created=started,
-                    retriever=spec.retriever,
-                    reranker=spec.reranker,
-                    profile=spec.use_profile,
-                )
-                for name, spec in service.pipelines.items()
-            ]
-        )
+        """The pipelines this server serves (the ``model`` of every request), each with the
+        rerank ``templates`` and ``adapters`` a request may choose for it."""
+        return ModelList(data=[card(name, spec) for name, spec in service.pipelines.items()])
+
+    @app.get("/v1/models/{model_id}", response_model=ModelCard, tags=["chat"])
+    async def model(
+        model_id: Annotated[
+            str,
+            Path(description="A pipeline, e.g. sasrec-id+listwise."),
+            AfterValidator(utf8_text),
+        ],
+    ) -> ModelCard:
+        """One pipeline's card (``+`` in the name may be sent as is or as ``%2B``)."""
+        spec = service.pipeline(model_id, "model")
+        return card(spec.name, spec)
 
     @app.post("/v1/recommendations", response_model=RecommendationResponse, tags=["rest"])
     async def recommendations(body: RecommendationRequest) -> RecommendationResponse:
@@ -201,6 +261,8 @@ def create_app(service: RecBridgeService) -> FastAPI:
             top_k=body.top_k,
             exclude=tuple(body.exclude),
             allow_fallback=body.allow_fallback,
+            template=body.template,
+            adapter=body.adapter,
         )
         return _response(await _recommend(query))
 
@@ -209,12 +271,16 @@ def create_app(service: RecBridgeService) -> FastAPI:
         """Jina/Cohere rerank: ``documents`` (item ids or texts) ordered for ``query`` (a user
         id, a history string, or ``{"user"|"history"}``)."""
         if isinstance(body.query, str):
-            text = body.query.strip()
-            user = text if _is_user(service, text) else None
-            history = None if user else split_list(text)
+            asked = service.read_query_text(body.query, "query")
         else:
-            user, history = body.query.user, body.query.history
-        query = _query(user, history, pipeline=body.model, allow_fallback=body.allow_fallback)
+            asked = _query(body.query.user, body.query.history)
+        query = replace(
+            asked,
+            pipeline=body.model,
+            allow_fallback=body.allow_fallback,
+            template=body.template,
+            adapter=body.adapter,
+        )
         texts = [d if isinstance(d, str) else d.text for d in body.documents]
         outcome = await service.arerank(query, texts, body.top_n)
         metrics.record(outcome.pipeline, outcome.usage, outcome.fallback)
@@ -234,6 +300,9 @@ def create_app(service: RecBridgeService) -> FastAPI:
             ],
             fallback=outcome.fallback,
             error=outcome.error,
+            resolved=outcome.resolved,
+            template=outcome.template,
+            adapter=outcome.adapter,
             usage=RerankUsage(
                 prompt_tokens=outcome.usage.prompt_tokens,
                 completion_tokens=outcome.usage.completion_tokens,
@@ -251,8 +320,12 @@ def create_app(service: RecBridgeService) -> FastAPI:
 
     @app.get("/v1/items/search", response_model=SearchResponse, tags=["rest"])
     async def search(
-        q: Annotated[str, Query(min_length=1, max_length=1000, description="Search text.")],
-        domain: Annotated[str | None, Query(description="Restrict to one domain.")] = None,
+        q: Annotated[
+            str,
+            Query(min_length=1, max_length=1000, description="Search text."),
+            BeforeValidator(utf8_input),
+        ],
+        domain: Annotated[Text | None, Query(description="Restrict to one domain.")] = None,
         k: Annotated[int, Query(ge=1, description="How many items.")] = 10,
     ) -> SearchResponse:
         """Semantic search over the item index (Chroma): the items nearest to ``q``."""
@@ -270,15 +343,9 @@ def create_app(service: RecBridgeService) -> FastAPI:
         """Prometheus text format: requests, latency, in flight, refusals, LLM calls, fallbacks."""
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(browse_router(service))
+    mount_page(app)
     return app
-
-
-def _is_user(service: RecBridgeService, text: str) -> bool:
-    try:
-        service.find_user(text)
-    except ServiceError:
-        return False
-    return True
 
 
 def _tree_usage(tree: ProfileTree) -> Usage:

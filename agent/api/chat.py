@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 from agent.api.schemas import (
     ChatChoice,
@@ -27,7 +28,13 @@ def chat_query(body: ChatCompletionRequest) -> Query:
     if not turns:
         raise BadRequest("messages: no user message", "messages")
     query = fold_conversation([text for _, text in turns])
-    return replace(query, pipeline=body.model, allow_fallback=body.allow_fallback)
+    return replace(
+        query,
+        pipeline=body.model,
+        allow_fallback=body.allow_fallback,
+        template=body.template,
+        adapter=body.adapter,
+    )
 
 
 def wants_json(body: ChatCompletionRequest) -> bool:
@@ -54,6 +61,7 @@ def answer_json(outcome: RecommendOutcome) -> str:
                 for rank, it in enumerate(outcome.items, start=1)
             ],
             "fallback": outcome.fallback,
+            "exclude_unmatched": outcome.exclude_unmatched,
         },
         ensure_ascii=False,
     )
@@ -70,6 +78,10 @@ def answer_lines(outcome: RecommendOutcome) -> list[str]:
         lines.append(f"   Why: {it.reason}\n")
     if not outcome.items:
         lines.append("No items left to recommend.\n")
+    if outcome.exclude_unmatched:
+        lines.append(
+            f"Note: not in the list, nothing excluded: {', '.join(outcome.exclude_unmatched)}\n"
+        )
     if outcome.reason:
         lines.append(f"The reranker's reason for the list: {outcome.reason}\n")
     if outcome.fallback == "llm_unavailable":
@@ -106,30 +118,65 @@ def _event(payload: dict[str, object]) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+def stream_pieces(outcome: RecommendOutcome) -> list[tuple[str, dict[str, Any] | None]]:
+    """The text answer in stream chunks, each with what it shows as data (RecBridge's
+    ``recbridge`` key on a chunk; OpenAI clients ignore it): the list's header with the request
+    as read, then one chunk per item (its two lines) with the item and its final rank."""
+    lines = answer_lines(outcome)
+    meta = {
+        "type": "meta",
+        "user_id": outcome.user_id,
+        "domain": outcome.domain,
+        "pipeline": outcome.pipeline,
+        "history": outcome.history,
+        "resolved": [r.model_dump() for r in outcome.resolved],
+    }
+    pieces: list[tuple[str, dict[str, Any] | None]] = [(lines[0], meta)]
+    for rank, item in enumerate(outcome.items, start=1):
+        text = lines[2 * rank - 1] + lines[2 * rank]
+        pieces.append((text, {"type": "item", "rank": rank, "item": item.model_dump()}))
+    pieces.extend((line, None) for line in lines[1 + 2 * len(outcome.items) :])
+    return pieces
+
+
+def done_info(outcome: RecommendOutcome) -> dict[str, Any]:
+    """What the finish chunk carries: everything but the items and the request already sent."""
+    info = outcome.model_dump(exclude={"items", "history", "resolved"})
+    info["usage"] = {**info["usage"], "total_tokens": outcome.usage.total_tokens}
+    return {"type": "done", **info}
+
+
 def stream_events(
     body: ChatCompletionRequest, outcome: RecommendOutcome, request_id: str
 ) -> Iterator[str]:
-    """``chat.completion.chunk`` events: the role, the answer line by line, the finish (and the
-    usage when ``stream_options.include_usage``), then ``[DONE]``. The list is ranked before
-    the first chunk: streaming paces the delivery, not the ranking."""
+    """``chat.completion.chunk`` events: the role, the answer line by line (an item's two lines
+    in one chunk, with the item as data), the finish (and the usage when
+    ``stream_options.include_usage``), then ``[DONE]``. The list is ranked before the first
+    chunk: streaming paces the delivery, not the ranking."""
     base = {
         "id": f"chatcmpl-{request_id}",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": outcome.pipeline,
     }
-    pieces = [answer_json(outcome)] if wants_json(body) else answer_lines(outcome)
+    pieces: list[tuple[str, dict[str, Any] | None]] = (
+        [(answer_json(outcome), None)] if wants_json(body) else stream_pieces(outcome)
+    )
     include_usage = body.stream_options is not None and body.stream_options.include_usage
 
-    def chunk(delta: dict[str, str], finish: str | None = None) -> str:
+    def chunk(
+        delta: dict[str, str], finish: str | None = None, data: dict[str, Any] | None = None
+    ) -> str:
         choice = {"index": 0, "delta": delta, "finish_reason": finish}
-        extra = {"usage": None} if include_usage else {}
+        extra: dict[str, Any] = {"usage": None} if include_usage else {}
+        if data is not None:
+            extra["recbridge"] = data
         return _event({**base, "choices": [choice], **extra})
 
     yield chunk({"role": "assistant", "content": ""})
-    for piece in pieces:
-        yield chunk({"content": piece})
-    yield chunk({}, "stop")
+    for text, data in pieces:
+        yield chunk({"content": text}, data=data)
+    yield chunk({}, "stop", done_info(outcome))
     if include_usage:
         yield _event({**base, "choices": [], "usage": ChatUsage.of(outcome.usage).model_dump()})
     yield "data: [DONE]\n\n"

@@ -7,11 +7,65 @@ names it). ``/v1/rerank`` follows the Jina/Cohere convention.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from agent.service.queries import ItemHit, RankedItem, Resolved, Usage
+
+
+def utf8_text(value: str) -> str:
+    """Text that UTF-8 can encode: JSON's ``\\ud800`` escape (or a UTF-8-encoded surrogate)
+    decodes to a lone surrogate, which the tokenizer, the store and the answer cannot take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid UTF-8 text: {exc.reason} (character {exc.start})") from None
+    return value
+
+
+def utf8_input(value: Any) -> Any:
+    """``utf8_text`` before pydantic's own checks, for strings with a length limit: pydantic
+    reads those itself, and would refuse a surrogate in its own words."""
+    return utf8_text(value) if isinstance(value, str) else value
+
+
+def utf8_tree(value: Any) -> Any:
+    """``utf8_text`` for every string (key or value) in a JSON value; iterative, so a deeply
+    nested value cannot overflow the stack."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            utf8_text(node)
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return value
+
+
+# Every string a request carries: refused as a 422 naming the field when it is not UTF-8.
+Text = Annotated[str, AfterValidator(utf8_text)]
+# A name (a user, a template): the length limit inside, so that it applies to the string.
+Name = Annotated[str, Field(max_length=200), BeforeValidator(utf8_input)]
+# RecBridge extensions for side-by-side comparisons: the pipeline's LLM reranker with another
+# prompt template or LoRA adapter (``GET /v1/models`` lists both per pipeline).
+TemplateName = Annotated[
+    Name | None,
+    Field(
+        description="A rerank prompt template (prompts/) of the pipeline's LLM reranker; "
+        "default: the server's."
+    ),
+]
+AdapterName = Annotated[
+    Name | None,
+    Field(
+        description="A LoRA adapter the server knows for the LLM reranker; default: the "
+        "server's (rerank.adapter)."
+    ),
+]
 
 
 class ErrorDetail(BaseModel):
@@ -32,15 +86,15 @@ class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     type: Literal["text"] = "text"
-    text: str
+    text: Text
 
 
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
-    name: str | None = None
+    content: Text | list[TextPart] | None = None
+    name: Text | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -54,7 +108,7 @@ class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: dict[str, Any] | None = None
+    json_schema: Annotated[dict[str, Any], AfterValidator(utf8_tree)] | None = None
 
 
 class StreamOptions(BaseModel):
@@ -68,15 +122,17 @@ class ChatCompletionRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1, max_length=200)
+    model: Annotated[str, Field(min_length=1, max_length=200), BeforeValidator(utf8_input)]
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=64)
     stream: bool = False
     stream_options: StreamOptions | None = None
     response_format: ResponseFormat | None = None
     n: int = Field(default=1, ge=1, le=1)  # one ranked list per request
-    # RecBridge extension (``extra_body`` in the openai client): False = 503 when the LLM is
-    # down instead of the retriever's answer.
+    # RecBridge extensions (``extra_body`` in the openai client): False = 503 when the LLM is
+    # down instead of the retriever's answer; the reranker's template and adapter.
     allow_fallback: bool = True
+    template: TemplateName = None
+    adapter: AdapterName = None
 
 
 class ChatMessageOut(BaseModel):
@@ -119,16 +175,20 @@ class ChatCompletion(BaseModel):
 class RecommendationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(default=None, description="A pipeline; default: the server's.")
-    user: str | None = Field(default=None, max_length=200, description="A user of the data.")
-    history: list[str] | None = Field(default=None, description="Item ids or titles, oldest first.")
-    candidates: list[str] | None = Field(
+    model: Text | None = Field(default=None, description="A pipeline; default: the server's.")
+    user: Name | None = Field(default=None, description="A user of the data.")
+    history: list[Text] | None = Field(
+        default=None, description="Item ids or titles, oldest first."
+    )
+    candidates: list[Text] | None = Field(
         default=None, description="Rank only these (ids or titles); default: the catalogue."
     )
-    domain: str | None = None
+    domain: Text | None = None
     top_k: int = Field(default=10, ge=1)
-    exclude: list[str] = Field(default_factory=list)
+    exclude: list[Text] = Field(default_factory=list)
     allow_fallback: bool = True
+    template: TemplateName = None
+    adapter: AdapterName = None
 
 
 class RecommendationResponse(BaseModel):
@@ -142,6 +202,11 @@ class RecommendationResponse(BaseModel):
     fallback: str | None = None
     error: str | None = None
     resolved: list[Resolved] = Field(default_factory=list)
+    # The ``exclude`` references, as given, that removed nothing: not among the items the
+    # retriever listed (another domain's item, one far down the list, one of the history).
+    exclude_unmatched: list[str] = Field(default_factory=list)
+    template: str | None = None  # the LLM reranker's prompt template (None: no LLM reranker)
+    adapter: str | None = None  # its LoRA adapter (None: the base model)
     usage: Usage
     seconds: dict[str, float] = Field(default_factory=dict)
 
@@ -149,28 +214,31 @@ class RecommendationResponse(BaseModel):
 class RerankQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user: str | None = Field(default=None, max_length=200)
-    history: list[str] | None = None
+    user: Name | None = None
+    history: list[Text] | None = None
 
 
 class RerankDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str
+    text: Text
 
 
 class ApiRerankRequest(BaseModel):
-    """Jina/Cohere rerank: ``query`` is the user (an id or a history; a string is a user id, or
-    a history of ids/titles separated by ``;`` or newlines), ``documents`` the candidates."""
+    """Jina/Cohere rerank: ``query`` is the user (an id or a history; a string is a user id, an
+    item id, or a history of ids/titles separated by ``;`` or newlines; one id-like word that
+    is neither a user nor an item is a 404), ``documents`` the candidates."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = None
-    query: str | RerankQuery
-    documents: list[str | RerankDocument] = Field(min_length=1)
+    model: Text | None = None
+    query: Text | RerankQuery
+    documents: list[Text | RerankDocument] = Field(min_length=1)
     top_n: int | None = Field(default=None, ge=1)
     return_documents: bool = False
     allow_fallback: bool = True
+    template: TemplateName = None
+    adapter: AdapterName = None
 
 
 class ApiRerankResult(BaseModel):
@@ -193,14 +261,18 @@ class ApiRerankResponse(BaseModel):
     results: list[ApiRerankResult]
     fallback: str | None = None
     error: str | None = None
+    # How each title in the query's history and the documents became an item (ids as given).
+    resolved: list[Resolved] = Field(default_factory=list)
+    template: str | None = None
+    adapter: str | None = None
     usage: RerankUsage
 
 
 class ProfileRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    user: str | None = Field(default=None, max_length=200)
-    history: list[str] | None = None
+    user: Name | None = None
+    history: list[Text] | None = None
 
 
 class SearchResponse(BaseModel):
@@ -217,6 +289,10 @@ class ModelCard(BaseModel):
     retriever: str
     reranker: str | None
     profile: bool
+    # What ``template`` and ``adapter`` of a request may name with this pipeline (both empty
+    # without an LLM reranker).
+    templates: list[str] = Field(default_factory=list)
+    adapters: list[str] = Field(default_factory=list)
 
 
 class ModelList(BaseModel):

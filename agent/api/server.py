@@ -17,6 +17,7 @@ from agent.service import RecBridgeService
 from agent.service.llm import BackendKind
 
 log = logging.getLogger("recbridge.api")
+MAX_HEAD_BYTES = 1 << 20  # request line + headers
 
 
 def _log_request_ids() -> None:
@@ -64,6 +65,12 @@ def run_server(
         # waited ~8 ms per request on the run queue of a loaded 2-core box (3x its CPU time);
         # a retriever-only /v1/rerank took 17-20 ms in the server, 6-7 ms with this loop.
         loop="asyncio",
+        # h11 named (uvicorn would pick httptools when installed, with other limits): its
+        # limit on a request's head, 16 KiB by default, answered a long query string with a
+        # plain-text 400 before the app; raised so that the Guard refuses it (414, OpenAI's
+        # shape, with a request id) over MAX_QUERY_BYTES.
+        http="h11",
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         timeout_graceful_shutdown=int(serve.graceful_timeout_s),
         lifespan="on",
     )

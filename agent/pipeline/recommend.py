@@ -73,6 +73,9 @@ class Recommendation(BaseModel):
     profile: ProfileTree | None = None
     retrieved: list[ListedItem]  # retrieval order
     items: list[ListedItem]  # the final top K
+    # The ``exclude`` ids that removed something: listed by the retriever (or given as
+    # candidates) where the answer would have had them. The others changed nothing.
+    excluded: list[str] = Field(default_factory=list)
     reason: str | None = None
     fallback: bool = False  # the LLM stage fell back to retrieval order
     error: str | None = None
@@ -147,6 +150,23 @@ def rank_candidates(
     return [Retrieved(candidates[int(i)], float(scores[int(i)])) for i in order]
 
 
+def drop_excluded(
+    hits: Sequence[Retrieved], exclude: frozenset[str], n: int
+) -> tuple[list[Retrieved], list[str]]:
+    """The first ``n`` hits not in ``exclude``, and the excluded ids met on the way: those
+    that would have taken a place among the ``n`` (the rest changed nothing)."""
+    kept: list[Retrieved] = []
+    removed: list[str] = []
+    for hit in hits:
+        if len(kept) == n:
+            break
+        if hit.item_id in exclude:
+            removed.append(hit.item_id)
+        else:
+            kept.append(hit)
+    return kept, removed
+
+
 def _stage_one(
     data: Dataset,
     retriever: Recommender,
@@ -154,14 +174,17 @@ def _stage_one(
     domain: str,
     opt: RecommendOptions,
     lock: threading.Lock | None,
-) -> list[Retrieved]:
+) -> tuple[list[Retrieved], list[str]]:
+    """The listed items (retrieval order) and the excluded ids that removed one."""
     with lock or nullcontext():  # one scorer per model at a time (torch modules)
         if opt.candidates is not None:
-            cands = [c for c in dict.fromkeys(opt.candidates) if c not in opt.exclude]
-            return rank_candidates(retriever, history, cands, opt.seed)
+            given = list(dict.fromkeys(opt.candidates))
+            cands = [c for c in given if c not in opt.exclude]
+            removed = [c for c in given if c in opt.exclude]
+            return rank_candidates(retriever, history, cands, opt.seed), removed
         n = max(opt.top_k, opt.top_n)
         hits = retrieve(retriever, data, history, domain, n + len(opt.exclude), seed=opt.seed)
-    return [h for h in hits if h.item_id not in opt.exclude][:n]
+    return drop_excluded(hits, opt.exclude, n)
 
 
 async def arecommend(
@@ -194,7 +217,9 @@ async def arecommend(
     seconds: dict[str, float] = {}
     usage = Usage()
     started = time.perf_counter()
-    hits = await asyncio.to_thread(_stage_one, data, retriever, items, target_domain, opt, lock)
+    hits, excluded = await asyncio.to_thread(
+        _stage_one, data, retriever, items, target_domain, opt, lock
+    )
     seconds["retrieve"] = time.perf_counter() - started
     retrieved = [
         ListedItem(
@@ -247,6 +272,7 @@ async def arecommend(
         profile=tree,
         retrieved=retrieved,
         items=final[: opt.top_k],
+        excluded=excluded,
         reason=result.reason if result is not None else None,
         fallback=profile_failed or (result.fallback if result is not None else False),
         error=PROFILE_FAILED if profile_failed else (result.error if result is not None else None),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import re
 import threading
 import time
 from collections.abc import Collection, Coroutine, Sequence
@@ -35,6 +36,8 @@ from agent.data.schema import Dataset, UserSequence, display_title
 from agent.items.embedder import Embedder, make_embedder
 from agent.items.embeddings import item_embeddings
 from agent.items.llm_states import StatesError
+from agent.items.text import PROMPTS_DIR
+from agent.llm.adapters import discover_adapters
 from agent.llm.backend import LLMBackend
 from agent.llm.local_backend import LocalBackend
 from agent.llm.model_files import ModelFilesError
@@ -55,7 +58,7 @@ from agent.rerank.ranker import RankerError
 from agent.rerank.registry import LEARNED_RERANKERS, make_reranker
 from agent.service.errors import BadRequest, NotFound, TooLarge, Unavailable
 from agent.service.llm import BackendKind, ensure_llm_model, open_backend
-from agent.service.messages import looks_like_id
+from agent.service.messages import looks_like_id, split_list
 from agent.service.pipelines import PipelineSpec
 from agent.service.queries import (
     ItemHit,
@@ -73,10 +76,23 @@ T = TypeVar("T")
 
 DEFAULT_TOP_K = 10
 HEALTH_TIMEOUT_S = 5.0
+# One word with a digit and no list separator: an id (a user's, an item's), not a title.
+_ID_WORD = re.compile(r"^(?=.*\d)[^\s;]+$")
+# A reranker: its name, whether the profile goes in, its prompt template and LoRA adapter.
+RerankerKey = tuple[str, bool, str | None, str | None]
 
 
 def _norm_title(text: str) -> str:
     return " ".join(html.unescape(text).casefold().split())
+
+
+def _check_utf8(text: str, param: str) -> None:
+    """A lone surrogate (JSON's ``\\ud800`` escape) reaches no tokenizer: a 422 naming the
+    field, whoever calls (the API's models refuse it first; this guards every other way in)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"{param}: not valid UTF-8 text: {exc.reason}", param) from None
 
 
 class RecBridgeService:
@@ -125,7 +141,7 @@ class RecBridgeService:
         self._retrievers: dict[str, Recommender] = {}
         self._retriever_locks: dict[str, threading.Lock] = {}
         self._backend: LLMBackend | None = None
-        self._rerankers: dict[tuple[str, bool], Reranker] = {}
+        self._rerankers: dict[RerankerKey, Reranker] = {}
         self._profile_cache: ProfileCache | None = None
         self._factory: TwoStageFactory | None = None
         self._profiles: ProfileSource | None = None
@@ -287,15 +303,84 @@ class RecBridgeService:
             )
         return self._backend
 
-    def reranker(self, name: str, use_profile: bool) -> Reranker:
-        key = (name, use_profile)
+    def reranker(
+        self, name: str, use_profile: bool, template: str | None = None, adapter: str | None = None
+    ) -> Reranker:
+        """The reranker ``name``, one per variant: ``template`` and ``adapter`` (checked by
+        ``variant``) replace the settings' ``rerank.templates.<name>`` and ``rerank.adapter``."""
+        key = (name, use_profile, *self._effective(name, template, adapter))
         if key not in self._rerankers:
             # The learned ranker asks no LLM: a +ranker pipeline never loads one.
             backend = None if name in LEARNED_RERANKERS else self.backend
             self._rerankers[key] = make_reranker(
-                name, backend, self.settings, use_profile=use_profile, data=self.data
+                name,
+                backend,
+                self._variant_settings(name, template, adapter),
+                use_profile=use_profile,
+                data=self.data,
             )
         return self._rerankers[key]
+
+    def _effective(
+        self, name: str, template: str | None, adapter: str | None
+    ) -> tuple[str | None, str | None]:
+        """(template, adapter) a reranker ``name`` uses: the given ones, else the settings'
+        (none for a learned reranker, which has no prompt)."""
+        if name in LEARNED_RERANKERS:
+            return None, None
+        rerank = self.settings.rerank
+        default: str | None = getattr(rerank.templates, name, None)
+        return template or default, adapter or rerank.adapter
+
+    def _variant_settings(self, name: str, template: str | None, adapter: str | None) -> Settings:
+        rerank = self.settings.rerank
+        changes: dict[str, Any] = {}
+        if template:
+            changes["templates"] = rerank.templates.model_copy(update={name: template})
+        if adapter:
+            changes["adapter"] = adapter
+        if not changes:
+            return self.settings
+        return self.settings.model_copy(update={"rerank": rerank.model_copy(update=changes)})
+
+    def rerank_templates(self, reranker: str | None) -> list[str]:
+        """The prompt templates an LLM reranker can use: ``prompts/rerank_<name>*.j2``."""
+        if reranker is None or reranker in LEARNED_RERANKERS:
+            return []
+        return sorted(p.name for p in PROMPTS_DIR.glob(f"rerank_{reranker}*.j2"))
+
+    def rerank_adapters(self, reranker: str | None) -> list[str]:
+        """The LoRA adapters an LLM reranker can use (llm.adapters and the trained ones)."""
+        if reranker is None or reranker in LEARNED_RERANKERS:
+            return []
+        return sorted(discover_adapters(self.settings))
+
+    def variant(self, spec: PipelineSpec, query: Query) -> tuple[str | None, str | None]:
+        """The (template, adapter) ``query`` asks of the pipeline's LLM reranker, checked:
+        a 404 naming the field for an unknown one, a 422 when there is no LLM reranker."""
+        for param, value in (("template", query.template), ("adapter", query.adapter)):
+            if value and (spec.reranker is None or spec.reranker in LEARNED_RERANKERS):
+                raise BadRequest(
+                    f"{param}: pipeline {spec.name!r} has no LLM reranker to use {value!r} "
+                    "with; choose a pipeline with listwise or verbalizer",
+                    param,
+                )
+        if spec.reranker is None:
+            return None, None
+        templates = self.rerank_templates(spec.reranker)
+        if query.template and query.template not in templates:
+            raise NotFound(
+                f"template {query.template!r} is not a {spec.reranker} template; available: "
+                f"{', '.join(templates)}",
+                "template",
+            )
+        adapters = self.rerank_adapters(spec.reranker)
+        if query.adapter and query.adapter not in adapters:
+            raise NotFound(
+                f"adapter {query.adapter!r} is unknown; known: {', '.join(adapters) or 'none'}",
+                "adapter",
+            )
+        return query.template, query.adapter
 
     @property
     def profile_cache(self) -> ProfileCache:
@@ -387,17 +472,38 @@ class RecBridgeService:
             self._titles = titles
         return self._titles
 
-    def find_user(self, user_id: str, param: str = "user") -> UserSequence:
+    def _user_index(self) -> dict[str, UserSequence]:
         if self._users is None:
             users: dict[str, UserSequence] = {}
             for split in ("train", "valid", "test"):  # later splits win: their longer history
                 for user in self.data.iter_split(split):
                     users[user.user_id] = user
             self._users = users
-        found = self._users.get(user_id)
+        return self._users
+
+    def find_user(self, user_id: str, param: str = "user") -> UserSequence:
+        found = self._user_index().get(user_id)
         if found is None:
             raise NotFound(f"{param}: user {user_id!r} is not in the data", param)
         return found
+
+    def read_query_text(self, text: str, param: str = "query") -> Query:
+        """A rerank ``query`` string: a user of the data, else a history (item ids or titles
+        separated by ``;`` or newlines). One id-like word (no space, a digit) that is neither
+        a user nor an item is a 404: taken as a one-title history it would be a guess."""
+        text = text.strip()
+        if not text:
+            raise BadRequest(f"{param}: empty; give a user id or a history", param)
+        if text in self._user_index():
+            return Query(user=text)
+        if _ID_WORD.match(text) and text not in self.data.items:
+            raise NotFound(
+                f"{param}: no user {text!r} in the data (and no item with that id); to rank "
+                f'for a history send {{"{param}": {{"history": [item ids or titles]}}}} or the '
+                "items separated by ';'",
+                param,
+            )
+        return Query(history=tuple(split_list(text)))
 
     def _check_size(self, refs: Sequence[str], limit: int, param: str) -> None:
         if len(refs) > limit:
@@ -415,6 +521,7 @@ class RecBridgeService:
             ref = raw.strip()
             if not ref:
                 raise BadRequest(f"{param}[{pos}]: empty item reference", f"{param}[{pos}]")
+            _check_utf8(ref, f"{param}[{pos}]")
             if ref in self.data.items:
                 ids.append(ref)
                 how.append(None)
@@ -435,7 +542,9 @@ class RecBridgeService:
             hits = await asyncio.to_thread(self.nearest_items, texts, 1)
             for pos, found in zip(pending, hits, strict=True):
                 if not found:
-                    raise BadRequest(f"{param}[{pos}]: no item matches {refs[pos]!r}", param)
+                    raise BadRequest(
+                        f"{param}[{pos}]: no item matches {refs[pos]!r}", f"{param}[{pos}]"
+                    )
                 hit = found[0]
                 ids[pos] = hit.item_id
                 how[pos] = Resolved(
@@ -480,21 +589,25 @@ class RecBridgeService:
         """Semantic item search in the Chroma index."""
         if not text.strip():
             raise BadRequest("q: empty search text", "q")
+        _check_utf8(text, "q")
         if k > self.settings.serve.max_top_k:
             raise BadRequest(f"k: {k} is above the limit {self.settings.serve.max_top_k}", "k")
         return (await asyncio.to_thread(self.nearest_items, [text], k, domain))[0]
 
-    async def _history(self, query: Query) -> tuple[str, list[str], list[Resolved]]:
-        """(user id, history ids, how references were read) of a query."""
+    async def _history(
+        self, query: Query, where: str = ""
+    ) -> tuple[str, list[str], list[Resolved]]:
+        """(user id, history ids, how references were read) of a query; ``where`` prefixes
+        the fields errors name (``query.`` for /v1/rerank's query)."""
         serve = self.settings.serve
-        self._check_size(query.history, serve.max_history, "history")
+        self._check_size(query.history, serve.max_history, f"{where}history")
         if query.history:
-            ids, resolved = await self.aresolve(query.history, "history")
+            ids, resolved = await self.aresolve(query.history, f"{where}history")
             return history_user(ids, query.user).user_id, ids, resolved
         if query.user:
-            user = self.find_user(query.user)
+            user = self.find_user(query.user, f"{where}user")
             return user.user_id, list(user.history)[-serve.max_history :], []
-        raise BadRequest("give a user or a history", "history")
+        raise BadRequest(f"{where}history: give a user or a history", f"{where}history")
 
     def _domain(self, query: Query, history: Sequence[str], fallback: str | None) -> str:
         domain = (
@@ -519,15 +632,22 @@ class RecBridgeService:
         top_n: int | None = None,
         candidates: Sequence[str] | None = None,
         exclude: Collection[str] = (),
+        template: str | None = None,
+        adapter: str | None = None,
     ) -> Recommendation:
         """The one recommend path (``agent.pipeline.recommend.arecommend``) with this
-        service's retriever, reranker, profiles and settings (``rerank.*``, fusion included).
-        ``top_n`` (reranked) defaults to ``rerank.top_n`` with a reranker, else ``top_k``."""
+        service's retriever, reranker (the ``template``/``adapter`` variant, checked by
+        ``variant``), profiles and settings (``rerank.*``, fusion included). ``top_n``
+        (reranked) defaults to ``rerank.top_n`` with a reranker, else ``top_k``."""
         rerank = self.settings.rerank
         retriever = self._retrievers.get(spec.retriever)
         if retriever is None:  # not preloaded: loading (or training) it blocks, off the loop
             retriever = await asyncio.to_thread(self.retriever, spec.retriever)
-        reranker = self.reranker(spec.reranker, spec.use_profile) if spec.reranker else None
+        reranker = (
+            self.reranker(spec.reranker, spec.use_profile, template, adapter)
+            if spec.reranker
+            else None
+        )
         if top_n is None:
             top_n = (reranker.top_n or rerank.top_n) if reranker is not None else top_k
         options = RecommendOptions(
@@ -568,20 +688,22 @@ class RecBridgeService:
         if query.candidates is not None:
             self._check_size(query.candidates, serve.max_candidates, "candidates")
         self._check_size(query.exclude, serve.max_candidates, "exclude")
+        template, adapter = self.variant(spec, query)
         user_id, history, resolved = await self._history(query)
-        excluded: set[str] = set()
+        excluded: list[str] = []  # aligned with query.exclude
         if query.exclude:
-            ids, more = await self.aresolve(query.exclude, "exclude")
-            excluded, resolved = set(ids), resolved + more
+            excluded, more = await self.aresolve(query.exclude, "exclude")
+            resolved += more
         cands: list[str] | None = None
         fallback_domain: str | None = None
         if query.candidates is not None:
             cands, more = await self.aresolve(query.candidates, "candidates")
             resolved += more
-            # Every given candidate stays in the answer; those the retriever does not know
-            # (score UNKNOWN_ITEM_SCORE) come last, in a seeded order.
-            cands = list(dict.fromkeys(c for c in cands if c not in excluded))
-            fallback_domain = self.data.items[cands[0]].domain if cands else None
+            # Every given candidate stays in the answer (but the excluded ones); those the
+            # retriever does not know (score UNKNOWN_ITEM_SCORE) come last, in a seeded order.
+            cands = list(dict.fromkeys(cands))
+            kept = [c for c in cands if c not in excluded]
+            fallback_domain = self.data.items[kept[0]].domain if kept else None
         domain = self._domain(query, history, fallback_domain)
         rec = await self.arecommendation(
             spec,
@@ -591,8 +713,14 @@ class RecBridgeService:
             top_k=top_k,
             candidates=cands,
             exclude=excluded,
+            template=template,
+            adapter=adapter,
         )
         fallback = self._check_fallback(rec, query)
+        removed = set(rec.excluded)
+        unmatched = [
+            ref for ref, iid in zip(query.exclude, excluded, strict=True) if iid not in removed
+        ]
         reranked = rec.reranked
         n = len(rec.retrieved)
         reasons = await asyncio.to_thread(self.item_reasons, rec, spec, fallback)
@@ -622,9 +750,20 @@ class RecBridgeService:
             error=rec.error,
             profile_used=spec.use_profile and rec.profile is not None and fallback is None,
             resolved=resolved,
+            exclude_unmatched=unmatched,
+            **self._variant_used(spec, template, adapter),
             usage=rec.usage,
             seconds=rec.seconds,
         )
+
+    def _variant_used(
+        self, spec: PipelineSpec, template: str | None, adapter: str | None
+    ) -> dict[str, str | None]:
+        """What an answer says of the reranker variant: the template and adapter used."""
+        if spec.reranker is None:
+            return {"template": None, "adapter": None}
+        used_template, used_adapter = self._effective(spec.reranker, template, adapter)
+        return {"template": used_template, "adapter": used_adapter}
 
     def item_reasons(
         self, rec: Recommendation, spec: PipelineSpec, fallback: str | None
@@ -653,20 +792,30 @@ class RecBridgeService:
         query: Query,
         documents: Sequence[str],
         top_n_docs: int | None = None,
+        where: str = "query.",
     ) -> RerankOutcome:
         """Rank ``documents`` (item ids or texts) for a user or history: the retriever scores
-        them all, the pipeline's LLM stage reorders the best ``rerank.top_n``."""
+        them all, the pipeline's LLM stage reorders the best ``rerank.top_n``. ``where``
+        prefixes the user's and the history's field in errors (the rerank body's ``query``)."""
         serve = self.settings.serve
         spec = self.pipeline(query.pipeline)
         if not documents:
             raise BadRequest("documents: give at least one candidate", "documents")
         self._check_size(documents, serve.max_candidates, "documents")
-        user_id, history, _ = await self._history(query)
-        ids, _ = await self.aresolve(documents, "documents")
+        template, adapter = self.variant(spec, query)
+        user_id, history, resolved = await self._history(query, where)
+        ids, more = await self.aresolve(documents, "documents")
         unique = list(dict.fromkeys(ids))
         domain = self._domain(query, history, self.data.items[unique[0]].domain)
         rec = await self.arecommendation(
-            spec, history, user_id=user_id, domain=domain, top_k=len(unique), candidates=unique
+            spec,
+            history,
+            user_id=user_id,
+            domain=domain,
+            top_k=len(unique),
+            candidates=unique,
+            template=template,
+            adapter=adapter,
         )
         fallback = self._check_fallback(rec, query)
         score_of = {x.item_id: x.retrieval_score for x in rec.retrieved}
@@ -689,6 +838,8 @@ class RecBridgeService:
             results=hits[:limit],
             fallback=fallback,
             error=rec.error,
+            resolved=resolved + more,
+            **self._variant_used(spec, template, adapter),
             usage=rec.usage,
         )
 

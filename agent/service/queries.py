@@ -33,6 +33,10 @@ class Query:
     exclude: tuple[str, ...] = ()
     allow_fallback: bool = True  # LLM down: the retriever's answer (False: an error)
     pipeline: str | None = None  # None: the default pipeline
+    # A variant of the pipeline's LLM reranker: another prompt template (a file in prompts/)
+    # or LoRA adapter; None: the settings' (rerank.templates, rerank.adapter).
+    template: str | None = None
+    adapter: str | None = None
     fields: dict[str, str] = field(default_factory=dict, compare=False)  # where each came from
 
 
@@ -73,6 +77,9 @@ class RecommendOutcome(BaseModel):
     error: str | None = None
     profile_used: bool = False
     resolved: list[Resolved] = Field(default_factory=list)
+    exclude_unmatched: list[str] = Field(default_factory=list)  # exclude refs that removed nothing
+    template: str | None = None  # the LLM reranker's prompt template; None: no LLM reranker
+    adapter: str | None = None  # its LoRA adapter; None: the base model
     usage: Usage = Field(default_factory=Usage)
     seconds: dict[str, float] = Field(default_factory=dict)
 
@@ -88,6 +95,9 @@ class RerankOutcome(BaseModel):
     results: list[RerankHit]  # best first, at most top_n
     fallback: str | None = None
     error: str | None = None
+    resolved: list[Resolved] = Field(default_factory=list)  # the query's and the documents'
+    template: str | None = None
+    adapter: str | None = None
     usage: Usage = Field(default_factory=Usage)
 
 

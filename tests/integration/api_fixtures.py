@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 API_KEY = "test-key-7f3a"
-SERVED = ["popularity", "text-knn", "popularity+verbalizer", "sasrec-id+listwise"]
+SERVED = ["popularity", "text-knn", "popularity+verbalizer", "sasrec-id+listwise", "sasrec-id"]
 FAULT_SERVED = ["popularity+listwise", "popularity"]
 READY_TIMEOUT_S = 600.0  # a loaded 2-core box: imports, index, a short training, the LLM
 

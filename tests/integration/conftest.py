@@ -21,6 +21,7 @@ from agent.data.schema import Dataset
 from agent.items.embedder import MiniLMEmbedder
 from agent.items.embeddings import item_embeddings
 from tests.integration.api_fixtures import *  # noqa: F403  (HTTP API session servers)
+from tests.integration.browser_fixtures import *  # noqa: F403  (a headless Chromium)
 from tests.integration.llm_fixtures import *  # noqa: F403  (LLM/vLLM session fixtures)
 from tests.integration.ray_fixtures import *  # noqa: F403  (one local Ray cluster)
 

@@ -12,6 +12,7 @@ order: the last ones kill the LLM server and then stop the API server.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from tests.llm_fault_server import Step
 pytestmark = pytest.mark.integration
 
 LLM_PIPELINE = "popularity+listwise"
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # as JSON escapes it
 
 
 def _recommend(server: ApiServer, **body: object) -> httpx.Response:
@@ -126,6 +128,8 @@ def test_concurrency_limit_answers_429_with_retry_after(
 
 
 def test_schemathesis_finds_no_server_error(fault_api_server: ApiServer, tmp_path: Path) -> None:
+    """Generated requests, strings from all of Unicode, lone surrogates included (the
+    ``unicode_escape`` codec: they reach the server as JSON's ``\\ud800`` escapes)."""
     st = shutil.which("schemathesis") or str(Path(sys.executable).with_name("schemathesis"))
     if not Path(st).exists():
         pytest.skip("schemathesis is not installed (dev extra)")
@@ -137,7 +141,9 @@ def test_schemathesis_finds_no_server_error(fault_api_server: ApiServer, tmp_pat
             "--checks",
             "not_a_server_error",
             "--max-examples",
-            "12",
+            "20",
+            "--generation-codec",
+            "unicode_escape",
             "--workers",
             "1",
             "--seed",
@@ -145,7 +151,9 @@ def test_schemathesis_finds_no_server_error(fault_api_server: ApiServer, tmp_pat
             "--request-timeout",
             "60",
             "--report",
-            "junit",
+            "junit,har",
+            "--report-har-path",
+            str(tmp_path / "run.har"),
             "--report-dir",
             str(tmp_path),
         ],
@@ -156,6 +164,15 @@ def test_schemathesis_finds_no_server_error(fault_api_server: ApiServer, tmp_pat
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "5xx" not in run.stdout.lower().replace("no 5xx", "")
+    # Lone surrogates were sent, and refused as what they are (422 naming the field).
+    entries = json.loads((tmp_path / "run.har").read_text(encoding="utf-8"))["log"]["entries"]
+    surrogates = [
+        e
+        for e in entries
+        if _SURROGATE.search((e["request"].get("postData") or {}).get("text", ""))
+    ]
+    assert surrogates and all(e["response"]["status"] < 500 for e in surrogates)
+    assert any(e["response"]["status"] == 422 for e in surrogates)
 
 
 def test_llm_server_killed_mid_request_gives_the_fallback_answer(
