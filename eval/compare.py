@@ -81,10 +81,9 @@ def train_in_processes(
 ) -> list[str]:
     """Train the models that have no checkpoint ``jobs`` at a time, each in a process of its
     own (``python -m eval.modelprep``, one torch thread: the study's training path), into their
-    default checkpoints, which ``prepare_model`` then loads; ``beside`` starts with them, in
-    slots of its own: queued behind a short training run it finished last, alone on one core
-    while the other sat idle. One training at a time in this process would leave a core idle
-    on this 2-core machine. Returns the names trained.
+    default checkpoints, which ``prepare_model`` then loads; ``beside`` runs in the same pool
+    after them (a core left idle by a short training run picks it up). One training at a time
+    in this process would leave a core idle on this 2-core machine. Returns the names trained.
 
     The processes read these exact settings from a file, so each trains as it would here; the
     early-stopping candidates are seeded, so they are the same as in-process. A failed
@@ -114,11 +113,11 @@ def train_in_processes(
     ]
     log.info(
         "in processes, %d at a time: %s (logs in %s)",
-        jobs + len(beside),
+        jobs,
         ", ".join([*(f"training {n}" for n in todo), *(j.label for j in beside)]),
         config.parent,
     )
-    failed = run_training([*planned, *beside], jobs + len(beside))
+    failed = run_training([*planned, *beside], jobs)
     for job in failed:
         if isinstance(job, ProcessJob):
             log.warning("%s failed (see %s): done later in this process", job.label, job.log_path)
