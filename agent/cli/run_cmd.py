@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODELS = "popularity,text-knn,sasrec-id,sasrec-hybrid"
 DEFAULT_RERANKERS = "listwise,verbalizer"
 # LLM profiling + reranking on a CPU costs about 40 CPU-seconds per user: a sample keeps it
-# minutes (5 users keep a cold `make run` under 15 minutes on 2 cores; 10 took 16.5).
+# minutes. With 10, profiling (queued behind sasrec-id) finished last and a cold `make run`
+# took 16.3 min on 2 cores; with 5 it ends before sasrec-hybrid.
 DEFAULT_RERANK_USERS = 5
 EXAMPLE_TOP = 10
 PREPARE_ERRORS: tuple[type[Exception], ...] = (*EVAL_ERRORS, *SERVICE_ERRORS, TrainingFailed)
