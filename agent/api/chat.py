@@ -19,7 +19,7 @@ from agent.api.schemas import (
 )
 from agent.service.errors import BadRequest
 from agent.service.messages import fold_conversation
-from agent.service.queries import Query, RecommendOutcome
+from agent.service.queries import Query, RankedItem, RecommendOutcome
 
 
 def chat_query(body: ChatCompletionRequest) -> Query:
@@ -67,15 +67,24 @@ def answer_json(outcome: RecommendOutcome) -> str:
     )
 
 
-def answer_lines(outcome: RecommendOutcome) -> list[str]:
-    """The readable answer, line by line (each line is one stream chunk)."""
-    lines = [
+def _header(outcome: RecommendOutcome) -> str:
+    return (
         f"Top {len(outcome.items)} in {outcome.domain} for {outcome.user_id} "
         f"({outcome.pipeline}):\n"
+    )
+
+
+def _item_lines(rank: int, it: RankedItem) -> list[str]:
+    return [
+        f"{rank}. {it.display_title} [{it.item_id}] (score {it.score:.3f})\n",
+        f"   Why: {it.reason}\n",
     ]
-    for rank, it in enumerate(outcome.items, start=1):
-        lines.append(f"{rank}. {it.display_title} [{it.item_id}] (score {it.score:.3f})\n")
-        lines.append(f"   Why: {it.reason}\n")
+
+
+def _notes(outcome: RecommendOutcome) -> list[str]:
+    """What follows the items: an empty list, exclusions that removed nothing, the
+    reranker's reason, a fallback."""
+    lines = []
     if not outcome.items:
         lines.append("No items left to recommend.\n")
     if outcome.exclude_unmatched:
@@ -89,6 +98,12 @@ def answer_lines(outcome: RecommendOutcome) -> list[str]:
     elif outcome.fallback:
         lines.append("Note: the LLM's answer was unusable; this is the retriever's order.\n")
     return lines
+
+
+def answer_lines(outcome: RecommendOutcome) -> list[str]:
+    """The readable answer, line by line."""
+    items = [line for rank, it in enumerate(outcome.items, 1) for line in _item_lines(rank, it)]
+    return [_header(outcome), *items, *_notes(outcome)]
 
 
 def answer_text(outcome: RecommendOutcome, as_json: bool) -> str:
@@ -122,7 +137,6 @@ def stream_pieces(outcome: RecommendOutcome) -> list[tuple[str, dict[str, Any] |
     """The text answer in stream chunks, each with what it shows as data (RecBridge's
     ``recbridge`` key on a chunk; OpenAI clients ignore it): the list's header with the request
     as read, then one chunk per item (its two lines) with the item and its final rank."""
-    lines = answer_lines(outcome)
     meta = {
         "type": "meta",
         "user_id": outcome.user_id,
@@ -131,11 +145,11 @@ def stream_pieces(outcome: RecommendOutcome) -> list[tuple[str, dict[str, Any] |
         "history": outcome.history,
         "resolved": [r.model_dump() for r in outcome.resolved],
     }
-    pieces: list[tuple[str, dict[str, Any] | None]] = [(lines[0], meta)]
+    pieces: list[tuple[str, dict[str, Any] | None]] = [(_header(outcome), meta)]
     for rank, item in enumerate(outcome.items, start=1):
-        text = lines[2 * rank - 1] + lines[2 * rank]
+        text = "".join(_item_lines(rank, item))
         pieces.append((text, {"type": "item", "rank": rank, "item": item.model_dump()}))
-    pieces.extend((line, None) for line in lines[1 + 2 * len(outcome.items) :])
+    pieces.extend((line, None) for line in _notes(outcome))
     return pieces
 
 
